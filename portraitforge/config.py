@@ -1,0 +1,80 @@
+"""Refiner configuration (pydantic): validated once at the edge, then passed explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from portraitforge.errors import BadInputError
+from portraitforge.imageio import DEFAULT_MAX_PIXELS
+from portraitforge.refiners.resize import Resolution
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class RefineConfig(BaseModel):
+    """Every knob of the refine path. Field docs double as CLI help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    select: Literal["largest", "all", "index", "reference"] = Field("largest", description="which faces to refine")
+    face_index: int = Field(0, ge=0, description="face number for select=index (reading order)")
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps the target, 1 is the full identity")
+    swap_engine: Literal["landmark"] = "landmark"
+    mask: Literal["hull", "features"] = Field("hull", description="hull: whole face; features: eyes/nose/mouth")
+    feather: float = Field(0.06, ge=0.0, le=0.5, description="mask feather, fraction of face height")
+    color_transfer: bool = True
+    blend: Literal["poisson", "poisson-mixed", "multiband", "feather"] = "poisson"
+    smoothing: float = Field(0.0, ge=0.0, le=1.0)
+    brightness: float = Field(0.0, ge=-1.0, le=1.0)
+    contrast: float = Field(0.0, ge=-1.0, le=1.0)
+    saturation: float = Field(0.0, ge=-1.0, le=1.0)
+    resolution: str = Field("original", description="original, 512, 1024, 2048 or WxH")
+    fit: Literal["pad", "crop", "stretch"] = "pad"
+    upscaler: str = Field("none", description="none, lanczos (Real-ESRGAN names when installed)")
+    crop_margin: float = Field(0.45, ge=0.2, le=1.5, description="context around the aligned face crop")
+    max_crop: int = Field(1024, ge=128, le=4096, description="largest aligned face crop in pixels")
+    detect_max_side: int = Field(800, ge=128, le=4096, description="detector works on a copy this large")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard")
+    max_identity_distance: float = Field(0.6, gt=0.0, description="LOW_QUALITY above this")
+    max_seam_score: float = Field(2.5, gt=0.0)
+    min_sharpness_ratio: float = Field(0.35, ge=0.0)
+
+    @field_validator("resolution")
+    @classmethod
+    def _check_resolution(cls, value: str) -> str:
+        Resolution.parse(value)
+        return value
+
+    @property
+    def parsed_resolution(self) -> Resolution:
+        return Resolution.parse(self.resolution)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> RefineConfig:
+        """Load a preset file (or a name from `configs/`), then apply `overrides`."""
+        p = Path(path)
+        if not p.exists() and (CONFIGS_DIR / f"{path}.yaml").exists():
+            p = CONFIGS_DIR / f"{path}.yaml"
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise BadInputError(f"{p}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise BadInputError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise BadInputError(f"{p}: a config must be a mapping of field: value")
+        data.update(overrides)
+        return cls.validated(data, source=str(p))
+
+    @classmethod
+    def validated(cls, data: dict[str, Any], source: str = "parameters") -> RefineConfig:
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(x) for x in first["loc"]) or "value"
+            raise BadInputError(f"{source}: {field}: {first['msg']}") from None

@@ -1,0 +1,1 @@
+"""Model loading lives here and nowhere else: locating files, verifying them, building runtimes."""

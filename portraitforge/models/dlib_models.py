@@ -1,0 +1,52 @@
+"""The embedded default: dlib's HOG detector, 68-point predictor and 128-d ResNet descriptor.
+
+The weights ship inside the `face-recognition-models` wheel. Its `__init__` imports `pkg_resources`
+(gone from setuptools >= 81), so we find the folder with importlib without importing the package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from portraitforge.errors import ModelUnavailableError
+
+PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
+DESCRIPTOR_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def face_recognition_models_dir() -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            "dlib model files not found: install the 'face-recognition-models' package"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+@dataclass(frozen=True)
+class DlibModels:
+    """Loaded dlib objects. Build once per process/worker and pass around explicitly."""
+
+    detector: Any  # dlib.fhog_object_detector
+    predictor68: Any  # dlib.shape_predictor
+    descriptor: Any  # dlib.face_recognition_model_v1
+
+    @classmethod
+    def load(cls, models_dir: Path | None = None) -> DlibModels:
+        try:
+            import dlib
+        except ImportError as exc:
+            raise ModelUnavailableError(f"dlib is not importable ({exc}); install 'dlib-bin'") from None
+        folder = models_dir or face_recognition_models_dir()
+        paths = {name: folder / name for name in (PREDICTOR_68, DESCRIPTOR_RESNET)}
+        for path in paths.values():
+            if not path.is_file():
+                raise ModelUnavailableError(f"dlib model file missing: {path}")
+        return cls(
+            detector=dlib.get_frontal_face_detector(),
+            predictor68=dlib.shape_predictor(str(paths[PREDICTOR_68])),
+            descriptor=dlib.face_recognition_model_v1(str(paths[DESCRIPTOR_RESNET])),
+        )

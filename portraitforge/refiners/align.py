@@ -1,0 +1,92 @@
+"""Similarity alignment to the ArcFace 5-point template, at any crop size and margin."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from portraitforge.types import AlignedCrop, FloatArray, ImageRGB
+
+# insightface's arcface_dst for a 112x112 crop.
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+
+def template_points(size: int, margin: float = 0.0) -> FloatArray:
+    """The template scaled to a `size` crop; `margin` adds that fraction of the face on every side."""
+    if size <= 0:
+        raise ValueError("crop size must be positive")
+    if margin < 0:
+        raise ValueError("margin must be >= 0")
+    unit = (ARCFACE_TEMPLATE_112 - 56.0) / 112.0  # centred, 1 = template width
+    return (unit / (1.0 + 2.0 * margin) * size + size / 2.0).astype(np.float32)
+
+
+def umeyama_similarity(src: FloatArray, dst: FloatArray) -> FloatArray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst, as 2x3.
+
+    Written out (Umeyama 1991) because skimage's `SimilarityTransform.estimate` is deprecated and
+    `cv2.estimateAffinePartial2D` is a robust (RANSAC/LMedS) estimator, not the exact LS fit.
+    """
+    src64 = np.asarray(src, np.float64)
+    dst64 = np.asarray(dst, np.float64)
+    n = src64.shape[0]
+    mu_s, mu_d = src64.mean(0), dst64.mean(0)
+    xs, xd = src64 - mu_s, dst64 - mu_d
+    cov = xd.T @ xs / n
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rot = u @ np.diag(sign) @ vt
+    var_s = (xs**2).sum() / n
+    scale = (d * sign).sum() / var_s if var_s > 0 else 1.0
+    t = mu_d - scale * rot @ mu_s
+    m = np.zeros((2, 3), np.float64)
+    m[:, :2] = scale * rot
+    m[:, 2] = t
+    return m.astype(np.float32)
+
+
+def invert_affine(matrix: FloatArray) -> FloatArray:
+    return cv2.invertAffineTransform(matrix.astype(np.float64)).astype(np.float32)
+
+
+def transform_points(points: FloatArray, matrix: FloatArray) -> FloatArray:
+    pts = np.asarray(points, np.float64)
+    return (pts @ matrix[:, :2].astype(np.float64).T + matrix[:, 2].astype(np.float64)).astype(np.float32)
+
+
+def alignment_matrix(kps5: FloatArray, size: int, margin: float = 0.0) -> FloatArray:
+    return umeyama_similarity(kps5, template_points(size, margin))
+
+
+def align_face(image: ImageRGB, kps5: FloatArray, size: int, margin: float = 0.0) -> AlignedCrop:
+    """Warp the face to a `size`x`size` crop. Pixels outside the frame are reflected, not black,
+    so that colour statistics and blending near borders are not polluted."""
+    matrix = alignment_matrix(kps5, size, margin)
+    crop = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+    return AlignedCrop(image=crop, matrix=matrix, inverse=invert_affine(matrix))
+
+
+def native_crop_size(kps5: FloatArray, margin: float, minimum: int = 128, maximum: int = 1024) -> int:
+    """Crop size at which the face keeps its native pixel scale (no up- or downsampling)."""
+    template = template_points(112, 0.0)
+    eye_mouth_template = float(np.linalg.norm(template[:2].mean(0) - template[3:].mean(0)))
+    eye_mouth = float(np.linalg.norm(kps5[:2].mean(0) - kps5[3:].mean(0)))
+    eye_dist_t = float(np.linalg.norm(template[1] - template[0]))
+    eye_dist = float(np.linalg.norm(kps5[1] - kps5[0]))
+    scale = max(eye_mouth / eye_mouth_template, eye_dist / eye_dist_t)
+    size = scale * 112.0 * (1.0 + 2.0 * margin)
+    size = int(np.clip(size, minimum, maximum))
+    return max(minimum, (size + 15) // 16 * 16)
