@@ -6,5 +6,13 @@ from portraitforge.types import Face, Identity, RefineReport, RefineResult, Stat
 
 __version__ = "0.1.0"
 
-__all__ = ["Face", "Identity", "RefineConfig", "RefinePipeline", "RefineReport", "RefineResult", "Status",
-           "__version__"]
+__all__ = [
+    "Face",
+    "Identity",
+    "RefineConfig",
+    "RefinePipeline",
+    "RefineReport",
+    "RefineResult",
+    "Status",
+    "__version__",
+]

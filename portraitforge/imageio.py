@@ -57,8 +57,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
                     )
                 img.load()
                 fmt = img.format
-                img = ImageOps.exif_transpose(img)
-                rgb, alpha = pil_to_rgb(img)
+                rgb, alpha = pil_to_rgb(ImageOps.exif_transpose(img))
     except BadInputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -104,9 +103,7 @@ def output_format_for(path: str | os.PathLike[str]) -> str:
     try:
         return OUTPUT_FORMATS[suffix]
     except KeyError:
-        raise BadInputError(
-            f"{path}: unsupported output extension '{suffix}' (use .png, .jpg or .webp)"
-        ) from None
+        raise BadInputError(f"{path}: unsupported output extension '{suffix}' (use .png, .jpg or .webp)") from None
 
 
 def save_image(

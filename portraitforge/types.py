@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
-ImageRGB = NDArray[np.uint8]  # H x W x 3, RGB, uint8
-FloatArray = NDArray[np.float32]
+# cv2's stubs return loosely typed arrays, so dtypes are documented rather than enforced by mypy.
+ImageRGB: TypeAlias = NDArray[Any]  # H x W x 3, RGB, uint8
+FloatArray: TypeAlias = NDArray[Any]  # float32 vectors, points and masks
 
 
 class Status(enum.StrEnum):

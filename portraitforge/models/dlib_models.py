@@ -20,9 +20,7 @@ DESCRIPTOR_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
 def face_recognition_models_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailableError(
-            "dlib model files not found: install the 'face-recognition-models' package"
-        )
+        raise ModelUnavailableError("dlib model files not found: install the 'face-recognition-models' package")
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 

@@ -16,19 +16,20 @@ import numpy as np
 
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.identity import identity_from_image
-from portraitforge.errors import BadInputError, PortraitForgeError
+from portraitforge.errors import BadInputError, NoFaceError, PortraitForgeError
 from portraitforge.refiners.adjust import FaceAdjuster
 from portraitforge.refiners.align import align_face, invert_affine, native_crop_size, transform_points
 from portraitforge.refiners.base import FaceAnalyzer, Swapper, Upscaler
 from portraitforge.refiners.blend import FaceBlender
 from portraitforge.refiners.detect import DlibFaceAnalyzer, select_faces
-from portraitforge.refiners.quality import QualityThresholds, grade_face
+from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_mask_to_frame
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
 from portraitforge.refiners.swap import LandmarkSwapper
-from portraitforge.refiners.upscale import LanczosUpscaler, NoUpscaler
+from portraitforge.refiners.upscale import build_upscaler
 from portraitforge.types import (
     AlignedCrop,
     Face,
+    FaceQuality,
     FaceReport,
     FloatArray,
     Identity,
@@ -52,14 +53,6 @@ class StageTimer:
             yield
         finally:
             self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
-
-
-def build_upscaler(name: str) -> Upscaler:
-    if name == "none":
-        return NoUpscaler()
-    if name == "lanczos":
-        return LanczosUpscaler(scale=2)
-    raise BadInputError(f"unknown upscaler '{name}' (available: none, lanczos)")
 
 
 @dataclass
@@ -103,8 +96,13 @@ class RefinePipeline:
         reference_embedding: FloatArray | None = None,
     ) -> RefineResult:
         timer = StageTimer()
-        report = RefineReport(status=Status.OK, message="", identity=identity.name,
-                              identity_cache_hit=identity.cache_hit, parameters=self.params())
+        report = RefineReport(
+            status=Status.OK,
+            message="",
+            identity=identity.name,
+            identity_cache_hit=identity.cache_hit,
+            parameters=self.params(),
+        )
         report.timings_ms = timer.timings_ms
         try:
             image = self._refine(target, identity, reference_embedding, timer, report)
@@ -196,8 +194,6 @@ class RefinePipeline:
             adjusted = self.adjuster(swapped.image, swapped.mask)
         with timer("blend"):
             blended = self.blender(frame, adjusted, swapped.mask, crop.inverse)
-        from portraitforge.refiners.quality import warp_mask_to_frame
-
         frame_mask = warp_mask_to_frame(swapped.mask, crop.inverse, frame.shape)
         return blended, frame_mask
 
@@ -209,8 +205,9 @@ class RefinePipeline:
         matrix = (crop.matrix * s).astype(np.float32)
         return AlignedCrop(image=image, matrix=matrix, inverse=invert_affine(matrix))
 
-    def _grade(self, result: ImageRGB, original: ImageRGB, face: Face, frame_mask: np.ndarray,
-               identity_vec: FloatArray):
+    def _grade(
+        self, result: ImageRGB, original: ImageRGB, face: Face, frame_mask: np.ndarray, identity_vec: FloatArray
+    ) -> FaceQuality:
         refit = self.analyzer.landmarks(result, face)
         result_vec = self.analyzer.embed(result, refit)
         original_vec = face.embedding if face.embedding is not None else self.analyzer.embed(original, face)
@@ -232,6 +229,4 @@ class RefinePipeline:
 
 
 def _no_face() -> PortraitForgeError:
-    from portraitforge.errors import NoFaceError
-
     return NoFaceError("no face detected in the target image")

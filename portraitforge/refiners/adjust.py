@@ -24,8 +24,12 @@ class FaceAdjuster:
     name: str = "adjust"
 
     def params(self) -> dict[str, Any]:
-        return {"smoothing": self.smoothing, "brightness": self.brightness,
-                "contrast": self.contrast, "saturation": self.saturation}
+        return {
+            "smoothing": self.smoothing,
+            "brightness": self.brightness,
+            "contrast": self.contrast,
+            "saturation": self.saturation,
+        }
 
     @property
     def neutral(self) -> bool:
@@ -44,7 +48,7 @@ class FaceAdjuster:
             lab = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
             sel = mask > 0.5
             l_mean = float(lab[..., 0][sel].mean()) if sel.any() else 128.0
-            l_new = (lab[..., 0] - l_mean) * float(2.0 ** self.contrast) + l_mean + 50.0 * float(self.brightness)
+            l_new = (lab[..., 0] - l_mean) * float(2.0**self.contrast) + l_mean + 50.0 * float(self.brightness)
             chroma_gain = float(1.0 + self.saturation)
             ab_new = (lab[..., 1:] - 128.0) * chroma_gain + 128.0
             adjusted = np.concatenate([l_new[..., None], ab_new], axis=2)

@@ -73,9 +73,7 @@ def align_face(image: ImageRGB, kps5: FloatArray, size: int, margin: float = 0.0
     """Warp the face to a `size`x`size` crop. Pixels outside the frame are reflected, not black,
     so that colour statistics and blending near borders are not polluted."""
     matrix = alignment_matrix(kps5, size, margin)
-    crop = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-    )
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return AlignedCrop(image=crop, matrix=matrix, inverse=invert_affine(matrix))
 
 

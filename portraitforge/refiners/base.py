@@ -41,9 +41,7 @@ class Upscaler(Stage, Protocol):
 
 
 class Swapper(Stage, Protocol):
-    def __call__(
-        self, crop: AlignedCrop, target_face: Face, identity: Identity, strength: float
-    ) -> SwapOutput:
+    def __call__(self, crop: AlignedCrop, target_face: Face, identity: Identity, strength: float) -> SwapOutput:
         """`target_face` is given in crop coordinates."""
         ...
 

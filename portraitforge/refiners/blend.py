@@ -71,7 +71,9 @@ def laplacian_blend(src: np.ndarray, dst: np.ndarray, alpha: np.ndarray, levels:
     """Multi-band blend (Burt & Adelson): low frequencies mix over wide areas, detail over narrow."""
     src_f, dst_f = src.astype(np.float32), dst.astype(np.float32)
     a = alpha.astype(np.float32)[..., None] if alpha.ndim == 2 else alpha.astype(np.float32)
-    gs, gd, ga = [src_f], [dst_f], [a]
+    gs: list[np.ndarray] = [src_f]
+    gd: list[np.ndarray] = [dst_f]
+    ga: list[np.ndarray] = [a]
     for _ in range(levels):
         gs.append(cv2.pyrDown(gs[-1]))
         gd.append(cv2.pyrDown(gd[-1]))
@@ -108,8 +110,14 @@ class FaceBlender:
         shift[:, 2] -= (roi.x0, roi.y0)
         size = (roi.width, roi.height)
         src = cv2.warpAffine(crop_image, shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        alpha = cv2.warpAffine(crop_mask.astype(np.float32), shift, size, flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        alpha = cv2.warpAffine(
+            crop_mask.astype(np.float32),
+            shift,
+            size,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         alpha = np.clip(alpha, 0.0, 1.0)
         dst = extract_padded(frame, roi)
 

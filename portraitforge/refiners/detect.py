@@ -77,8 +77,10 @@ class DlibFaceAnalyzer:
         if min(h, w) < 16:
             return []
         scale = min(1.0, self.detect_max_side / max(h, w))
-        small = image if scale == 1.0 else cv2.resize(
-            image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        small = (
+            image
+            if scale == 1.0
+            else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         )
         rects, scores, _ = self.models.detector.run(small, 0, self.min_score)
         if not rects and self.upsample_fallback and max(small.shape[:2]) <= 1200:
@@ -106,8 +108,9 @@ class DlibFaceAnalyzer:
 
     def landmarks(self, image: ImageRGB, face: Face) -> Face:
         refit = self._fit(image, face.box, face.score)
-        return replace(face, landmarks68=refit.landmarks68, kps5=refit.kps5,
-                       landmarks_confidence=refit.landmarks_confidence)
+        return replace(
+            face, landmarks68=refit.landmarks68, kps5=refit.kps5, landmarks_confidence=refit.landmarks_confidence
+        )
 
     def embed(self, image: ImageRGB, face: Face) -> FloatArray:
         import dlib

@@ -85,5 +85,11 @@ def grade_face(
 
 def warp_mask_to_frame(crop_mask: FloatArray, inverse: FloatArray, frame_shape: tuple[int, ...]) -> np.ndarray:
     h, w = frame_shape[:2]
-    return cv2.warpAffine(crop_mask.astype(np.float32), inverse.astype(np.float64), (w, h),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        crop_mask.astype(np.float32),
+        inverse.astype(np.float64),
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )

@@ -53,9 +53,7 @@ def forehead_points(landmarks: FloatArray, lift: float) -> FloatArray:
 
 def _anchor_points(size: int) -> FloatArray:
     s = float(size - 1)
-    return np.array(
-        [[0, 0], [s / 2, 0], [s, 0], [s, s / 2], [s, s], [s / 2, s], [0, s], [0, s / 2]], np.float32
-    )
+    return np.array([[0, 0], [s / 2, 0], [s, 0], [s, s / 2], [s, s], [s / 2, s], [0, s], [0, s / 2]], np.float32)
 
 
 def piecewise_affine_maps(src_pts: FloatArray, dst_pts: FloatArray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +86,7 @@ def piecewise_affine_maps(src_pts: FloatArray, dst_pts: FloatArray, size: int) -
 
 def _poly_mask(size: int, points: FloatArray, hull: bool = True) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
-    pts = np.round(points).astype(np.int32)
+    pts: np.ndarray = np.round(points).astype(np.int32)
     if hull:
         pts = cv2.convexHull(pts)
     cv2.fillConvexPoly(mask, pts, 255) if hull else cv2.fillPoly(mask, [pts], 255)
@@ -109,7 +107,9 @@ def skin_mask(size: int, landmarks: FloatArray) -> np.ndarray:
     return cv2.bitwise_and(face, cv2.bitwise_not(features))
 
 
-def lab_color_transfer(source: ImageRGB, reference: ImageRGB, src_region: np.ndarray, ref_region: np.ndarray) -> ImageRGB:
+def lab_color_transfer(
+    source: ImageRGB, reference: ImageRGB, src_region: np.ndarray, ref_region: np.ndarray
+) -> ImageRGB:
     """Match `source` LAB mean/std to `reference`, statistics taken from the given skin regions."""
     src_lab = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
     ref_lab = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float32)
@@ -160,9 +160,7 @@ class LandmarkSwapper:
         fit = umeyama_similarity(id_lm, target_lm)
         id_on_target = transform_points(id_lm, fit)
 
-        mismatch_mouth = (mouth_openness(target_lm) > MOUTH_OPEN_RATIO) != (
-            mouth_openness(id_lm) > MOUTH_OPEN_RATIO
-        )
+        mismatch_mouth = (mouth_openness(target_lm) > MOUTH_OPEN_RATIO) != (mouth_openness(id_lm) > MOUTH_OPEN_RATIO)
         weights = np.full(68, strength, np.float32)
         weights[JAW] = 0.0  # keep the target's outline: the mask edge sits there
         if mismatch_mouth:

@@ -10,6 +10,8 @@ from typing import Any
 
 import cv2
 
+from portraitforge.errors import BadInputError
+from portraitforge.refiners.base import Upscaler
 from portraitforge.types import ImageRGB
 
 
@@ -36,3 +38,12 @@ class LanczosUpscaler:
     def __call__(self, image: ImageRGB) -> ImageRGB:
         h, w = image.shape[:2]
         return cv2.resize(image, (w * self.scale, h * self.scale), interpolation=cv2.INTER_LANCZOS4)
+
+
+def build_upscaler(name: str) -> Upscaler:
+    """Upscaler by registry name."""
+    if name == "none":
+        return NoUpscaler()
+    if name == "lanczos":
+        return LanczosUpscaler(scale=2)
+    raise BadInputError(f"unknown upscaler '{name}' (available: none, lanczos)")
