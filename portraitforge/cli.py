@@ -1,0 +1,41 @@
+"""Command line: `portraitforge swap|demo|...`. Every failure is one line plus a documented exit code."""
+
+from __future__ import annotations
+
+import typer
+
+from portraitforge import __version__
+
+app = typer.Typer(
+    name="portraitforge",
+    help="Prompt-to-portrait with a consistent identity: detect, upscale, swap, blend.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"portraitforge {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print version."),
+) -> None:
+    """portraitforge command line."""
+
+
+# --- sub-command registration: one line per module (each module exposes `register(app)`) ---
+# (keep this block sorted; helpers add their own line)
+# --- end of registration ---
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
