@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -119,7 +120,19 @@ def save_image(
     `metadata` is embedded as JSON: a PNG text chunk, or EXIF ImageDescription for JPEG/WebP.
     """
     target = Path(path)
-    fmt = output_format_for(target)
+    data = encode_image(rgb, output_format_for(target), metadata, alpha, jpeg_quality, text_chunks)
+    return write_bytes_atomic(target, data)
+
+
+def encode_image(
+    rgb: ImageRGB,
+    fmt: str,
+    metadata: dict[str, Any] | None = None,
+    alpha: np.ndarray | None = None,
+    jpeg_quality: int = 95,
+    text_chunks: dict[str, str] | None = None,
+) -> bytes:
+    """Encode to PNG/JPEG/WEBP bytes exactly as `save_image` writes them (lets a worker encode, a driver write)."""
     img = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     if alpha is not None and fmt in ("PNG", "WEBP") and alpha.shape == rgb.shape[:2]:
         img.putalpha(Image.fromarray(alpha, "L"))
@@ -140,11 +153,19 @@ def save_image(
         kwargs["quality"] = jpeg_quality
         if fmt == "WEBP":
             kwargs["method"] = 4
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Temp file in the same folder + fsync + rename + fsync of the folder: all or nothing, and durable."""
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            img.save(handle, format=fmt, **kwargs)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -152,6 +173,13 @@ def save_image(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    # The rename itself is durable only once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return target
 
 
