@@ -1,0 +1,438 @@
+"""Run a batch: sync the manifest, hand pending items to workers, write results as they come back.
+
+The driver loop is the same for every backend (in-process, worker processes, Ray actors): an
+`Executor` takes items while it has free slots and returns `ItemResult`s. The driver alone writes
+output files (atomically, durably) and then the manifest row, in that order.
+
+Ctrl-C: the first one stops handing out items and lets running items finish; a second one (or
+SIGTERM) stops at once and rolls running items back to pending. Either way the run ends with
+`interrupted=True` and the CLI exits 130; running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+from filelock import FileLock, Timeout
+
+from portraitforge.batch.manifest import ItemOutcome, Manifest, Summary
+from portraitforge.batch.spec import BatchItem, LoadedSpec, expand
+from portraitforge.batch.worker import BatchWorker, ItemResult, WorkerConfig, WorkerStartupError
+from portraitforge.errors import BadInputError, PortraitForgeError
+from portraitforge.imageio import write_bytes_atomic
+from portraitforge.types import Status
+
+LOCK_NAME = ".manifest.lock"
+DRAFTS_DIR = "drafts"
+
+
+class BatchBusyError(BadInputError):
+    """Another `batch run` holds the lock on this output folder."""
+
+
+@dataclass
+class RunOptions:
+    backend: Literal["local", "ray"] = "local"
+    workers: int = 1
+    retry_failed: bool = False
+    address: str | None = None  # Ray cluster address; None starts a local Ray instance
+    progress: bool = True
+    verify: bool = False  # re-hash done outputs before resuming
+    review: bool = True  # contact sheets + HTML index at the end
+    torch_threads: int | None = None  # per worker; default: cores / workers
+    limit: int | None = None  # process at most this many items (benchmarks, smoke runs)
+
+
+@dataclass
+class RunResult:
+    summary: Summary
+    processed: int
+    interrupted: bool
+    elapsed_s: float
+    recovered: dict[str, int] = field(default_factory=dict)
+    review_index: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary.to_dict(),
+            "processed": self.processed,
+            "interrupted": self.interrupted,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "recovered": self.recovered,
+            "review_index": str(self.review_index) if self.review_index else None,
+        }
+
+
+class Executor(Protocol):
+    """A pool of loaded workers. `submit` only when `free_slots() > 0`."""
+
+    def free_slots(self) -> int: ...
+
+    def submit(self, item: BatchItem) -> str:
+        """Start `item`; returns the name of the worker that got it."""
+        ...
+
+    def collect(self, timeout: float) -> list[ItemResult]: ...
+
+    def close(self, force: bool = False) -> None: ...
+
+
+# ------------------------------------------------------------------------------------- executors
+
+
+class InlineExecutor:
+    """`--workers 1`: the worker lives in the driver process (no IPC, no second copy of the models)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.worker = BatchWorker.load(config, name="local-0")
+        self.queued: deque[BatchItem] = deque()
+
+    def free_slots(self) -> int:
+        return 0 if self.queued else 1
+
+    def submit(self, item: BatchItem) -> str:
+        self.queued.append(item)
+        return self.worker.name
+
+    def collect(self, timeout: float) -> list[ItemResult]:
+        return [self.worker.process(self.queued.popleft())] if self.queued else []
+
+    def close(self, force: bool = False) -> None:
+        self.queued.clear()
+
+
+def _worker_main(index: int, config: WorkerConfig, tasks: Any, results: Any, parent_pid: int) -> None:
+    """Entry point of a worker process: load once, then one item at a time until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
+    _die_with_parent()
+    try:
+        worker = BatchWorker.load(config, name=f"local-{index}")
+    except PortraitForgeError as exc:
+        results.put(("fatal", index, exc.status.value, exc.message))
+        return
+    except Exception as exc:
+        results.put(("fatal", index, Status.INTERNAL.value, f"worker {index} failed to start: {exc}"))
+        return
+    while True:
+        try:
+            item = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:  # orphaned (driver killed): nothing will read our results
+                return
+            continue
+        if item is None:
+            return
+        results.put(("result", index, worker.process(item)))
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the driver dies, so a killed run leaves no busy orphans behind."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+class ProcessExecutor:
+    """`--workers N`: N spawned processes, each loading models once; one item in flight per worker."""
+
+    def __init__(self, config: WorkerConfig, workers: int) -> None:
+        # spawn, not fork: torch and OpenMP thread pools do not survive fork safely.
+        ctx = mp.get_context("spawn")
+        self.results: Any = ctx.Queue()
+        self.tasks: list[Any] = [ctx.Queue() for _ in range(workers)]
+        self.busy: dict[int, BatchItem] = {}
+        self.procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(i, config, self.tasks[i], self.results, os.getpid()),
+                name=f"portraitforge-batch-{i}",
+                daemon=True,
+            )
+            for i in range(workers)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def free_slots(self) -> int:
+        return len(self.procs) - len(self.busy)
+
+    def submit(self, item: BatchItem) -> str:
+        index = next(i for i in range(len(self.procs)) if i not in self.busy)
+        self.busy[index] = item
+        self.tasks[index].put(item)
+        return f"local-{index}"
+
+    def collect(self, timeout: float) -> list[ItemResult]:
+        out: list[ItemResult] = []
+        try:
+            message = self.results.get(timeout=timeout)
+        except queue.Empty:
+            out += self._check_alive()
+            return out
+        if message[0] == "fatal":
+            _, index, status, text = message
+            raise WorkerStartupError(Status(status), text)
+        _, index, result = message
+        self.busy.pop(index, None)
+        out.append(result)
+        return out
+
+    def _check_alive(self) -> list[ItemResult]:
+        """A worker that died (OOM killer, segfault) fails its item instead of hanging the run."""
+        failed = []
+        for index, item in list(self.busy.items()):
+            proc = self.procs[index]
+            if not proc.is_alive():
+                self.busy.pop(index)
+                failed.append(
+                    ItemResult(item.id, "failed", reason=f"INTERNAL: worker process died (exit code {proc.exitcode})")
+                )
+        if failed and not any(p.is_alive() for p in self.procs):
+            raise WorkerStartupError(Status.INTERNAL, "all worker processes died")
+        return failed
+
+    def close(self, force: bool = False) -> None:
+        for i, p in enumerate(self.procs):
+            if p.is_alive() and not force:
+                with contextlib.suppress(Exception):
+                    self.tasks[i].put(None)
+        for p in self.procs:
+            if force:
+                p.kill()
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        for q in [*self.tasks, self.results]:
+            q.close()
+            q.cancel_join_thread()
+
+
+# ------------------------------------------------------------------------------------- the driver
+
+
+class _StopFlag:
+    """SIGINT once: finish running items. Twice (or SIGTERM): raise KeyboardInterrupt right away."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle_int(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def handle_term(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals(flag: _StopFlag) -> Iterator[None]:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_int = signal.signal(signal.SIGINT, flag.handle_int)
+    old_term = signal.signal(signal.SIGTERM, flag.handle_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def acquire_lock(output_dir: Path) -> FileLock:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(output_dir / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BatchBusyError(f"{output_dir}: another 'batch run' is using this output folder") from None
+    return lock
+
+
+def make_executor(config: WorkerConfig, options: RunOptions) -> Executor:
+    if options.backend == "ray":
+        from portraitforge.batch.ray_backend import RayExecutor
+
+        return RayExecutor(config, workers=options.workers, address=options.address)
+    if options.workers <= 1:
+        return InlineExecutor(config)
+    return ProcessExecutor(config, options.workers)
+
+
+def default_torch_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def run_batch(
+    loaded: LoadedSpec,
+    options: RunOptions | None = None,
+    on_result: Callable[[BatchItem, ItemResult], None] | None = None,
+) -> RunResult:
+    """Resume (or start) the batch described by `loaded`. Safe to kill at any instant."""
+    options = options or RunOptions()
+    started = time.perf_counter()
+    items = expand(loaded)
+    by_id = {it.id: it for it in items}
+    output_dir = loaded.output_dir
+    lock = acquire_lock(output_dir)
+    manifest = Manifest(loaded.manifest_path)
+    try:
+        manifest.sync(items)
+        recovered = manifest.recover(output_dir, verify_hashes=options.verify)
+        if options.retry_failed:
+            recovered["retried_failed"] = manifest.reset_failed(by_id)
+        todo = deque(manifest.pending_ids(by_id))
+        if options.limit is not None:
+            todo = deque(list(todo)[: options.limit])
+        processed, interrupted = 0, False
+        if todo:
+            threads = options.torch_threads or default_torch_threads(options.workers)
+            config = WorkerConfig.from_spec(loaded, torch_threads=threads)
+            processed, interrupted = _drive(manifest, output_dir, by_id, todo, config, options, on_result)
+        review_index = None
+        if options.review and not interrupted:
+            from portraitforge.batch.review import write_review
+
+            review_index = write_review(loaded, manifest, items)
+        return RunResult(
+            summary=manifest.summary(by_id),
+            processed=processed,
+            interrupted=interrupted,
+            elapsed_s=time.perf_counter() - started,
+            recovered=recovered,
+            review_index=review_index,
+        )
+    finally:
+        manifest.close()
+        lock.release()
+
+
+def _drive(
+    manifest: Manifest,
+    output_dir: Path,
+    by_id: dict[str, BatchItem],
+    todo: deque[str],
+    config: WorkerConfig,
+    options: RunOptions,
+    on_result: Callable[[BatchItem, ItemResult], None] | None,
+) -> tuple[int, bool]:
+    flag = _StopFlag()
+    in_flight: set[str] = set()
+    processed = 0
+    interrupted = False
+    executor: Executor | None = None
+    with _signals(flag), _progress(len(todo), options.progress) as advance:
+        try:
+            executor = make_executor(config, options)
+            while (todo and not flag.requested) or in_flight:
+                while todo and not flag.requested and executor.free_slots() > 0:
+                    iid = todo.popleft()
+                    worker_name = executor.submit(by_id[iid])
+                    manifest.mark_running(iid, worker_name)
+                    in_flight.add(iid)
+                for result in executor.collect(timeout=0.2):
+                    _record(manifest, output_dir, by_id[result.item_id], result)
+                    in_flight.discard(result.item_id)
+                    processed += 1
+                    advance(result)
+                    if on_result is not None:
+                        on_result(by_id[result.item_id], result)
+            interrupted = flag.requested
+            executor.close()
+        except KeyboardInterrupt:
+            interrupted = True
+            if executor is not None:
+                executor.close(force=True)
+        except BaseException:
+            if executor is not None:
+                executor.close(force=True)
+            manifest.mark_pending(in_flight)
+            raise
+        finally:
+            if interrupted:
+                manifest.mark_pending(in_flight)
+    return processed, interrupted
+
+
+def _record(manifest: Manifest, output_dir: Path, item: BatchItem, result: ItemResult) -> None:
+    """File first (atomic + fsync), then the row: a done row always points at a complete file."""
+    if result.status == "done" and result.data is not None:
+        write_bytes_atomic(output_dir / item.output_relpath, result.data)
+        if result.draft_data is not None:
+            write_bytes_atomic(output_dir / DRAFTS_DIR / item.output_relpath, result.draft_data)
+    manifest.finish(
+        item.id,
+        ItemOutcome(
+            status=result.status,
+            reason=result.reason,
+            output_sha256=result.sha256 if result.status == "done" else None,
+            quality_status=result.quality_status,
+            identity_distance=result.identity_distance,
+            seam_score=result.seam_score,
+            sharpness=result.sharpness,
+            quality=result.quality,
+            seed_used=result.seed_used,
+            attempts=result.attempts,
+            worker=result.worker,
+            duration_ms=round(result.duration_ms, 2),
+            timings={k: round(v, 2) for k, v in result.timings_ms.items()},
+        ),
+    )
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[ItemResult], None]]:
+    """A rich progress bar on stderr with rate and ETA; a no-op when disabled."""
+    if not enabled or total == 0:
+        yield lambda result: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]batch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("batch", total=total, failed=0)
+        failed = 0
+
+        def advance(result: ItemResult) -> None:
+            nonlocal failed
+            failed += result.status == "failed"
+            bar.update(task, advance=1, failed=failed)
+
+        yield advance
