@@ -1,0 +1,114 @@
+"""Append-only audit log of identity use: one JSON line per use (time, identity, operation, output + sha256)."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from portraitforge.errors import BadInputError
+
+AUDIT_FILE = "audit.jsonl"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def current_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        return None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    time: str
+    identity: str
+    operation: str  # e.g. "swap", "generate", "add", "export"
+    output: str | None
+    output_sha256: str | None
+    identity_digest: str | None  # which stored version of the identity was used
+    user: str | None
+    pid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AuditLog:
+    """`path` is the JSONL file; `lock_path` serialises appends from concurrent processes."""
+
+    path: Path
+    lock_timeout: float = 60.0
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def append(
+        self,
+        identity: str,
+        operation: str,
+        output_path: str | os.PathLike[str] | None = None,
+        identity_digest: str | None = None,
+    ) -> AuditEntry:
+        output_sha: str | None = None
+        if output_path is not None:
+            out = Path(output_path)
+            if not out.is_file():
+                raise BadInputError(f"audit: output file {out} does not exist")
+            output_sha = file_sha256(out)
+        entry = AuditEntry(
+            time=utc_now(),
+            identity=identity,
+            operation=operation,
+            output=None if output_path is None else str(Path(output_path).resolve()),
+            output_sha256=output_sha,
+            identity_digest=identity_digest,
+            user=current_user(),
+            pid=os.getpid(),
+        )
+        line = json.dumps(entry.to_dict(), sort_keys=True, ensure_ascii=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.lock_path), timeout=self.lock_timeout):
+            # One write() of the whole line with O_APPEND, then fsync: a crash never leaves half a line
+            # in the middle of the file, and the lock keeps concurrent writers in order.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return entry
+
+    def read(self) -> list[dict[str, Any]]:
+        """All entries; a torn last line (power loss) is skipped rather than failing the whole log."""
+        if not self.path.is_file():
+            return []
+        entries: list[dict[str, Any]] = []
+        for raw in self.path.read_text("utf-8").splitlines():
+            if not raw.strip():
+                continue
+            try:
+                entries.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        return entries
