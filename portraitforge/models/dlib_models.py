@@ -31,9 +31,12 @@ class DlibModels:
     detector: Any  # dlib.fhog_object_detector
     predictor68: Any  # dlib.shape_predictor
     descriptor: Any  # dlib.face_recognition_model_v1
+    # The same network on torch (models/dlib_resnet_torch.py), verified against `descriptor`; None -> dlib's own.
+    descriptor_torch: Any = None
 
     @classmethod
-    def load(cls, models_dir: Path | None = None) -> DlibModels:
+    def load(cls, models_dir: Path | None = None, descriptor_backend: str = "auto") -> DlibModels:
+        """descriptor_backend: "auto" (torch when it loads and matches dlib), "dlib" or "torch"."""
         try:
             import dlib
         except ImportError as exc:
@@ -43,8 +46,12 @@ class DlibModels:
         for path in paths.values():
             if not path.is_file():
                 raise ModelUnavailableError(f"dlib model file missing: {path}")
+        descriptor = dlib.face_recognition_model_v1(str(paths[DESCRIPTOR_RESNET]))
+        from portraitforge.models.dlib_resnet_torch import load_descriptor_backend
+
         return cls(
             detector=dlib.get_frontal_face_detector(),
             predictor68=dlib.shape_predictor(str(paths[PREDICTOR_68])),
-            descriptor=dlib.face_recognition_model_v1(str(paths[DESCRIPTOR_RESNET])),
+            descriptor=descriptor,
+            descriptor_torch=load_descriptor_backend(paths[DESCRIPTOR_RESNET], descriptor, descriptor_backend),
         )

@@ -64,11 +64,17 @@ class DlibFaceAnalyzer:
     embedding_space: str = DLIB_SPACE
 
     @classmethod
-    def load(cls, **kwargs: Any) -> DlibFaceAnalyzer:
-        return cls(models=DlibModels.load(), **kwargs)
+    def load(cls, descriptor_backend: str = "auto", **kwargs: Any) -> DlibFaceAnalyzer:
+        return cls(models=DlibModels.load(descriptor_backend=descriptor_backend), **kwargs)
 
     def params(self) -> dict[str, Any]:
-        return {"backend": self.name, "detect_max_side": self.detect_max_side, "min_score": self.min_score}
+        descriptor = "dlib" if self.models.descriptor_torch is None else "torch"
+        return {
+            "backend": self.name,
+            "detect_max_side": self.detect_max_side,
+            "min_score": self.min_score,
+            "descriptor": descriptor,
+        }
 
     def detect(self, image: ImageRGB) -> list[Face]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -117,6 +123,8 @@ class DlibFaceAnalyzer:
 
         if face.landmarks68 is None:
             raise ValueError("dlib descriptor needs 68 landmarks")
+        if self.models.descriptor_torch is not None:  # same network and chip, ~10x faster than dlib-bin's
+            return np.asarray(self.models.descriptor_torch.compute(image, face.landmarks68, face.box), np.float32)
         box = face.box
         rect = dlib.rectangle(int(round(box[0])), int(round(box[1])), int(round(box[2])), int(round(box[3])))
         parts = [dlib.point(int(round(x)), int(round(y))) for x, y in face.landmarks68]
