@@ -135,9 +135,6 @@ class OnnxSessionPool:
             first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             raise ModelUnavailableError(f"cannot load ONNX model {path}: {first}") from None
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
     def loaded(self) -> list[Path]:
         return list(self._sessions)
 

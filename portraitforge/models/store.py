@@ -270,7 +270,9 @@ class ModelStore:
             raise DownloadError(f"HTTP {exc.code} from {url}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc.__class__.__name__
-            raise DownloadError(f"download of {url} failed ({reason}); partial data kept for resume") from None
+            kept = part.stat().st_size if part.exists() else 0
+            resume = f"; {kept} bytes kept, the next attempt resumes" if kept else ""
+            raise DownloadError(f"download of {url} failed ({reason}){resume}") from None
 
     def _copy(self, response: IO[bytes], out: IO[bytes], done: int, total: int | None, label: str) -> None:
         while True:

@@ -48,11 +48,11 @@ def _quiet() -> Iterator[None]:
 
 
 def _similarity_umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity src -> dst as 2x3 float64, the same algorithm (and arithmetic) as
-    skimage's `SimilarityTransform.estimate`, which insightface calls. Re-implemented because that
-    skimage API is deprecated (removed in 2.2) and emits a FutureWarning on every call."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
+    """Least-squares similarity src -> dst as 2x3 float64, the same algorithm *and arithmetic* as
+    skimage's `SimilarityTransform.estimate` (which insightface calls): statistics are computed in the
+    inputs' precision (float32 keypoints stay float32), the result in float64. Re-implemented because
+    that skimage API is deprecated (removed in 2.2) and warns on every call."""
+    src, dst = np.asarray(src), np.asarray(dst)
     num, dim = src.shape
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_demean, dst_demean = src - src_mean, dst - dst_mean
@@ -62,7 +62,7 @@ def _similarity_umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         d[dim - 1] = -1
     t = np.eye(dim + 1, dtype=np.float64)
     u, s, v = np.linalg.svd(a)
-    rank = np.linalg.matrix_rank(a)
+    rank = int(np.count_nonzero(s > s.max() * max(a.shape) * np.finfo(float).eps))
     if rank == 0:
         raise BadInputError("degenerate face keypoints (all points coincide)")
     if rank == dim - 1:
@@ -208,8 +208,8 @@ class InsightFaceAnalyzer:
         **kwargs: Any,
     ) -> InsightFaceAnalyzer:
         models = InsightFaceModels.load(
-            store or ModelStore.from_dir(),
-            pool or OnnxSessionPool(),
+            store if store is not None else ModelStore.from_dir(),
+            pool if pool is not None else OnnxSessionPool(),
             with_genderage=True,
             download=download,
         )
@@ -366,12 +366,12 @@ def build_analyzer(
     """"dlib" (embedded default), "insightface", or "auto": insightface when its files are in the store."""
     from portraitforge.refiners.detect import DlibFaceAnalyzer
 
-    store = store or ModelStore.from_dir()
+    store = store if store is not None else ModelStore.from_dir()
     if backend == "auto":
         backend = "insightface" if insightface_available(store) else "dlib"
     if backend == "dlib":
         return DlibFaceAnalyzer.load(detect_max_side=detect_max_side)
     if backend == "insightface":
-        return InsightFaceAnalyzer.load(store=store, pool=pool or OnnxSessionPool(), **insightface_kwargs)
+        return InsightFaceAnalyzer.load(store=store, pool=pool if pool is not None else OnnxSessionPool(), **insightface_kwargs)
     raise BadInputError(f"unknown analyzer backend '{backend}' (choose auto, dlib or insightface)")
 

@@ -97,7 +97,8 @@ class InswapperModel:
     def run(self, aligned_rgb: ImageRGB, latent: np.ndarray) -> np.ndarray:
         """Swap one aligned 128x128 RGB uint8 face; returns 128x128x3 RGB float32 in [0, 1]."""
         s = self.swapper
-        pred = s.session.run(s.output_names, {s.input_names[0]: self.blob(aligned_rgb), s.input_names[1]: latent})[0]
+        feed = {s.input_names[0]: self.blob(aligned_rgb), s.input_names[1]: np.asarray(latent, np.float32)}
+        pred = s.session.run(s.output_names, feed)[0]
         return np.clip(pred[0].transpose(1, 2, 0), 0.0, 1.0).astype(np.float32)
 
 
@@ -120,27 +121,38 @@ def aligned_mask(size: int, kind: MaskKind = "box", blur: float = 0.3, padding: 
 
     "box" follows FaceFusion's static box mask (the whole aligned square, its border faded over
     `blur`/2 of the size); "ellipse" keeps to the face oval of the ArcFace template (less hair/background).
+    `padding` shrinks the shape by that fraction of the size on every side.
     """
-    mask = np.zeros((size, size), np.float32)
-    fade = max(1, int(size * 0.5 * blur))
-    edge = max(fade // 2, 1) + int(size * padding)
+    shape = np.zeros((size, size), np.uint8)
+    fade = max(1.0, size * 0.5 * blur)
+    edge = max(1, int(size * padding))
     if kind == "box":
-        mask[edge : size - edge, edge : size - edge] = 1.0
+        shape[edge : size - edge, edge : size - edge] = 1
     elif kind == "ellipse":
         # Oval around the 128-template face: eyes at y~52, mouth at y~92, chin near y~120 (scaled).
         s = size / 128.0
-        cv2.ellipse(
-            mask, (round(64 * s), round(70 * s)), (round(44 * s) - edge, round(54 * s) - edge), 0, 0, 360, 1.0, -1
-        )
+        cv2.ellipse(shape, (round(64 * s), round(70 * s)), (round(44 * s) - edge, round(54 * s) - edge), 0, 0, 360, 1, -1)
     else:
         raise BadInputError(f"unknown mask kind '{kind}' (box or ellipse)")
-    sigma = max(fade * 0.25, 0.5)
-    return cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    # A smoothstep over the distance to the shape's edge: exactly 0 outside, 1 deeper than `fade`
+    # (a Gaussian blur would leave a small step where its tails are cut at the aligned square's border).
+    depth = cv2.distanceTransform(shape, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    t = np.clip(depth / fade, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
-def _scale_matrix(matrix: np.ndarray, factor: float) -> np.ndarray:
-    """M' = S(factor) @ M: the same mapping into an aligned image `factor` times larger."""
-    return np.asarray(matrix, np.float64) * factor
+def upscale_matrix(factor: float) -> np.ndarray:
+    """Pixel coordinates before -> after an `factor`x enlargement that keeps pixel *centres* aligned
+    (cv2.resize, and the nearest/pixel-shuffle upsampling of ESRGAN-style nets): x' = f x + (f - 1) / 2."""
+    shift = (factor - 1.0) / 2.0
+    return np.array([[factor, 0.0, shift], [0.0, factor, shift]], np.float64)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """2x3 affine `outer` after `inner`."""
+    a = np.vstack([np.asarray(outer, np.float64), [0.0, 0.0, 1.0]])
+    b = np.vstack([np.asarray(inner, np.float64), [0.0, 0.0, 1.0]])
+    return (a @ b)[:2]
 
 
 def _matrix_scale(matrix: np.ndarray) -> float:
@@ -228,13 +240,14 @@ class InswapperSwapper:
             return SwapOutput(crop.image.copy(), np.zeros((size, size), np.float32), target_face.landmarks68)
         latent = self.mixed_latent(crop, target_face, identity, float(min(strength, 1.0)))
 
-        source, kps, to_crop = crop.image, target_face.kps5.astype(np.float32), 1.0
+        source, kps = crop.image, target_face.kps5.astype(np.float32)
+        crop_to_source = np.eye(2, 3, dtype=np.float64)
         use_upscaler = self.upscaler is not None and self.upscaler.scale > 1
         if use_upscaler and self.swap_order == "upscale-swap":
             assert self.upscaler is not None
             source = self.upscaler(crop.image)
-            to_crop = crop.image.shape[0] / source.shape[0]
-            kps = kps / to_crop
+            crop_to_source = upscale_matrix(source.shape[0] / crop.image.shape[0])
+            kps = (kps.astype(np.float64) @ crop_to_source[:, :2].T + crop_to_source[:, 2]).astype(np.float32)
         # Auto boost covers the face resolution of what is sampled: the crop, or its enlargement.
         boost = self.boost_for(norm_matrix(kps, MODEL_SIZE, base=MODEL_SIZE))
         aligned_size = MODEL_SIZE * boost
@@ -243,20 +256,18 @@ class InswapperSwapper:
         swapped = self.swap_aligned(aligned, latent, boost)
         swapped_u8 = np.clip(np.rint(swapped * 255.0), 0, 255).astype(np.uint8)
 
-        if use_upscaler and self.swap_order == "swap-upscale" and _matrix_scale(matrix) < 1.0:
+        crop_to_aligned = compose(matrix, crop_to_source)
+        if use_upscaler and self.swap_order == "swap-upscale" and _matrix_scale(crop_to_aligned) < 1.0:
             # Only when the crop holds more face pixels than the (boosted) model output.
             assert self.upscaler is not None
             upscaled = self.upscaler(swapped_u8)
-            matrix = _scale_matrix(matrix, upscaled.shape[0] / swapped_u8.shape[0])
+            crop_to_aligned = compose(upscale_matrix(upscaled.shape[0] / swapped_u8.shape[0]), crop_to_aligned)
             swapped_u8 = upscaled
-        # aligned -> crop coordinates (through the upscaled source when the crop was enlarged first)
-        to_aligned = np.asarray(matrix, np.float64).copy()
-        to_aligned[:, :2] /= to_crop
-        inverse = cv2.invertAffineTransform(to_aligned)
+        inverse = cv2.invertAffineTransform(crop_to_aligned)  # aligned (possibly enlarged) -> crop
 
         out_size = swapped_u8.shape[0]
         mask_aligned = aligned_mask(out_size, self.mask_kind, self.mask_blur, self.mask_padding)
-        warped = cv2.warpAffine(swapped_u8, inverse, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+        warped = cv2.warpAffine(swapped_u8, inverse, (size, size), flags=cv2.INTER_CUBIC, borderValue=0.0)
         mask = cv2.warpAffine(mask_aligned, inverse, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
         mask = np.clip(mask, 0.0, 1.0).astype(np.float32)
         # Inside the mask support the swapped pixels; outside, the crop untouched. The feathering stays
@@ -287,7 +298,7 @@ def build_swapper(
             color_transfer=getattr(cfg, "color_transfer", True),
         )
     if engine == "inswapper":
-        model = InswapperModel.load(store or ModelStore.from_dir(), pool or OnnxSessionPool())
+        model = InswapperModel.load(store if store is not None else ModelStore.from_dir(), pool if pool is not None else OnnxSessionPool())
         return InswapperSwapper(
             model=model,
             pixel_boost=int(getattr(cfg, "pixel_boost", 0)),
