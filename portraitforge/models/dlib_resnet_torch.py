@@ -205,7 +205,15 @@ def parse_dlib_resnet(data: bytes) -> dict[str, np.ndarray]:
     Keys: `input_mean` (3,), `conv1.weight/bias`, `affine1.gamma/beta`, `blocks.{i}.conv{1,2}.weight/bias`,
     `blocks.{i}.affine{1,2}.gamma/beta` and `fc.weight` (128, 256). The raw (unfolded) dlib values.
     """
-    r = _Reader(data)
+    try:
+        return _parse(_Reader(data))
+    except DlibFormatError:
+        raise
+    except (IndexError, ValueError) as exc:  # read past the end: a truncated file
+        raise DlibFormatError(f"truncated or corrupt dlib network file ({exc})") from None
+
+
+def _parse(r: _Reader) -> dict[str, np.ndarray]:
     if r.integer() != 1:
         raise DlibFormatError("unexpected add_loss_layer version")
     r.expect("loss_metric_2")
@@ -223,7 +231,7 @@ def parse_dlib_resnet(data: bytes) -> dict[str, np.ndarray]:
         raise DlibFormatError("expected a 150x150 input layer")
 
     layers: list[_Layer] = []
-    for version in [2, *reversed(versions[:-1])]:  # the innermost add_layer owns the input layer
+    for version in reversed(versions):  # bottom-up; the innermost add_layer (version 3) holds the input layer
         if version == 1:
             layers.append(_Layer("tag"))
             continue
@@ -232,10 +240,10 @@ def parse_dlib_resnet(data: bytes) -> dict[str, np.ndarray]:
         for _ in range(3):  # x_grad, cached_output and params_grad (grad_final for the input-side layer)
             if r.tensor().size:
                 raise DlibFormatError("unexpected non-empty training tensor")
-        if len(layers) == 1:
-            r.integer()  # version-3 input-side layer: sample_expansion_factor
-    if r.pos != len(data):
-        raise DlibFormatError(f"{len(data) - r.pos} trailing bytes")
+        if version == 3:
+            r.integer()  # sample_expansion_factor
+    if r.pos != len(r.data):
+        raise DlibFormatError(f"{len(r.data) - r.pos} trailing bytes")
     kinds = [layer.kind for layer in layers]
     if kinds != _expected_kinds():
         raise DlibFormatError("layer sequence differs from dlib's face recognition ResNet")
@@ -456,7 +464,7 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _full_object_detection(landmarks68: np.ndarray, box: np.ndarray) -> Any:
+def dlib_shape(landmarks68: np.ndarray, box: np.ndarray) -> Any:
     import dlib
 
     # The same integer rounding as DlibFaceAnalyzer.embed, so both backends see the same chip.
@@ -471,7 +479,7 @@ def face_chips(image_rgb: np.ndarray, faces: Sequence[tuple[np.ndarray, np.ndarr
 
     dets = dlib.full_object_detections()
     for landmarks, box in faces:
-        dets.append(_full_object_detection(landmarks, box))
+        dets.append(dlib_shape(landmarks, box))
     chips = dlib.get_face_chips(np.ascontiguousarray(image_rgb), dets, size=CHIP_SIZE, padding=CHIP_PADDING)
     return np.stack([np.asarray(c, np.uint8) for c in chips]) if chips else np.zeros((0, 150, 150, 3), np.uint8)
 
@@ -492,10 +500,15 @@ class ParityReport:
 
 @dataclass
 class TorchDescriptorBackend:
-    """128-d dlib face descriptors: dlib aligns the chip, torch runs the network."""
+    """128-d dlib face descriptors: dlib aligns the chip, torch runs the network.
+
+    `num_threads` is set around each call and restored after (None: leave torch's setting). The default 1
+    is deliberate: at batch 1 a second thread gains little, and on a busy 2-core machine OpenMP's
+    barriers made a 2-thread descriptor 10-40x slower than a 1-thread one (benchmarks/bench_descriptor.py).
+    """
 
     net: DlibResNet
-    num_threads: int | None = None
+    num_threads: int | None = 1
     verified: ParityReport | None = None
     name: str = "torch"
 
@@ -503,7 +516,7 @@ class TorchDescriptorBackend:
     def from_dat(
         cls,
         path: str | os.PathLike[str],
-        num_threads: int | None = None,
+        num_threads: int | None = 1,
         cache_dir: str | os.PathLike[str] | None = None,
         channels_last: bool = True,
     ) -> TorchDescriptorBackend:
@@ -539,7 +552,7 @@ class TorchDescriptorBackend:
 
 
 def load_descriptor_backend(
-    dat_path: str | os.PathLike[str], dlib_descriptor: Any, mode: str = "auto", num_threads: int | None = None
+    dat_path: str | os.PathLike[str], dlib_descriptor: Any, mode: str = "auto", num_threads: int | None = 1
 ) -> TorchDescriptorBackend | None:
     """The torch descriptor for `DlibModels`, checked against dlib's own network, or None to use dlib's.
 
