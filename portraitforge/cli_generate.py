@@ -1,0 +1,271 @@
+"""`portraitforge generate PROMPT --model SRC -o DIR`: draw Stable Diffusion drafts and refine them to an identity.
+
+Files written to DIR (all atomically, each with JSON metadata and an A1111 `parameters` chunk):
+- with --identity: `DIR/NNN-SEED.png` is the refined portrait of image NNN, and every draft drawn (accepted or
+  rejected for having no face) is kept in `DIR/drafts/NNN-SEED-draft.png`;
+- without: the accepted draft is the result, `DIR/NNN-SEED.png`; drafts rejected by --require-face go to drafts/.
+Exit codes as for `swap`: 0 ok, 2 usage, 3 bad input, 4 no face, 5 model unavailable, 6 out of memory,
+7 low quality with --strict, 130 interrupted (Ctrl-C keeps the files already complete and no partial file).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from tqdm import tqdm
+
+from portraitforge.cli_common import fail, one_line_errors, stderr_is_tty
+from portraitforge.config import RefineConfig
+from portraitforge.errors import ParameterError
+from portraitforge.imageio import save_image
+from portraitforge.paths import default_log_path
+from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.pipelines.refine_files import append_log
+from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
+
+if TYPE_CHECKING:  # torch/diffusers are imported when `generate` runs, so other commands start fast
+    from portraitforge.pipelines.portrait import PortraitImage, ProgressEvent
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`WxH` or a single number for a square."""
+    value = text.strip().lower()
+    try:
+        if "x" in value:
+            w, h = value.split("x", 1)
+            width, height = int(w), int(h)
+        else:
+            width = height = int(value)
+    except ValueError:
+        raise ParameterError(f"--size {text}: expected WxH, e.g. 512x768") from None
+    if width <= 0 or height <= 0:
+        raise ParameterError(f"--size {text}: width and height must be positive")
+    return width, height
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers/transformers log warnings and loading bars on stderr; the CLI promises one line per failure.
+    Their verbosity is process state, so it is restored on exit (the library code never touches it)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    saved = (dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlog.set_verbosity(saved[0])
+        tlog.set_verbosity(saved[1])
+        if saved[2]:
+            dlog.enable_progress_bar()
+        if saved[3]:
+            tlog.enable_progress_bar()
+
+
+class _Bar:
+    """Step progress across all images (retries extend the total)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="generate", unit="step", disable=not enabled, leave=False)
+        self.seen: set[tuple[int, int]] = set()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        key = (event.image_index, event.attempt)
+        if event.attempt > 0 and key not in self.seen:
+            self.bar.total = (self.bar.total or 0) + event.total_steps
+        self.seen.add(key)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _save(path: Path, image: Any, metadata: dict[str, Any], parameters: str) -> str:
+    save_image(path, image, metadata=metadata, text_chunks={"parameters": parameters})
+    return str(path)
+
+
+def _write_result(result: PortraitImage, out_dir: Path, refined: bool) -> dict[str, Any]:
+    """Save one image's files; returns its report entry."""
+    record = result.to_dict()
+    drafts: list[str | None] = []
+    for attempt in result.attempts:
+        accepted = attempt is result.attempts[-1] and result.ok
+        if not refined and accepted:
+            drafts.append(None)  # the accepted draft is the result itself, written below
+            continue
+        name = f"{result.index:03d}-{attempt.seed}-draft.png"
+        drafts.append(_save(out_dir / "drafts" / name, attempt.draft, attempt.metadata, attempt.parameters_text))
+    output: str | None = None
+    if result.image is not None:
+        output = _save(
+            out_dir / f"{result.index:03d}-{result.seed}.png", result.image, result.metadata, result.parameters_text
+        )
+    for entry, path in zip(record["attempts"], drafts, strict=True):
+        entry["draft"] = path if path is not None else output
+    record["output"] = output
+    return record
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Text prompt.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Hub id, diffusers folder or .safetensors checkpoint.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    identity: Annotated[
+        str | None, typer.Option("--identity", "-i", help="Identity image (or stored identity name).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of image 0 (image i uses seed+i). Default: random, recorded.")
+    ] = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Number of portraits.")] = 1,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: per model family).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance scale (default: per family).")
+    ] = None,
+    size: Annotated[str | None, typer.Option(help="WxH, multiples of 8 (default: the model's native size).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Negative prompt.")] = None,
+    lora: Annotated[
+        list[str] | None, typer.Option("--lora", help="LoRA as PATH.safetensors[:WEIGHT]; repeatable.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="euler, euler_a, ddim, dpm++_2m_karras, unipc, lcm, ...")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16 (auto: fp16 on GPU, fp32 on CPU).")] = "auto",
+    retries: Annotated[int, typer.Option(help="Extra seeds tried per image when the draft has no face.")] = 3,
+    require_face: Annotated[
+        bool | None,
+        typer.Option("--require-face/--no-require-face", help="Retry faceless drafts (default: on with --identity)."),
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="Refine YAML preset (file or name in configs/).")
+    ] = None,
+    strength: Annotated[float | None, typer.Option(help="Refine strength 0..1.")] = None,
+    blend: Annotated[str | None, typer.Option(help="poisson | poisson-mixed | multiband | feather.")] = None,
+    model_config: Annotated[str | None, typer.Option(help="Single file: local diffusers config folder.")] = None,
+    original_config: Annotated[
+        str | None, typer.Option(help="Single file: original LDM yaml (see docs/gpu.md).")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="Override detection: sd1, sd2, sdxl, sd2-turbo, sdxl-turbo.")
+    ] = None,
+    variant: Annotated[str | None, typer.Option(help="Hub weight variant, e.g. fp16.")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+    offline: Annotated[bool, typer.Option(help="Never download (same as HF_HUB_OFFLINE=1).")] = False,
+    cpu_offload: Annotated[bool, typer.Option(help="Model CPU offload (GPU memory saver; needs accelerate).")] = False,
+    vae_tiling: Annotated[bool, typer.Option(help="Decode in tiles (large sizes on small GPUs).")] = False,
+    vae_slicing: Annotated[bool, typer.Option(help="Decode one image at a time.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.")] = False,
+    log: Annotated[
+        Path | None, typer.Option(help="JSON-lines run log (default: $PORTRAITFORGE_HOME/logs/runs.jsonl).")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 7 when any result is LOW_QUALITY.")] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Step progress bar (on a terminal).")
+    ] = True,
+) -> None:
+    """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
+    from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
+    from portraitforge.pipelines.portrait import PortraitPipeline
+
+    written: list[str] = []
+    worst = Status.OK
+    with one_line_errors(), quiet_libraries():
+        try:
+            width, height = parse_size(size) if size else (None, None)
+            loras = tuple(LoraSpec.parse(x) for x in lora or [])
+            overrides = {k: v for k, v in {"strength": strength, "blend": blend}.items() if v is not None}
+            refine_cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
+            options = LoadOptions(
+                device=device,
+                dtype=dtype,
+                local_files_only=offline,
+                revision=revision,
+                variant=variant,
+                config=model_config,
+                original_config=original_config,
+                family=family,
+                scheduler=scheduler,
+                loras=loras,
+                cpu_offload=cpu_offload,
+                vae_tiling=vae_tiling,
+                vae_slicing=vae_slicing,
+            )
+            t0 = time.perf_counter()
+            loaded = load_text2image(model, options)
+            load_ms = (time.perf_counter() - t0) * 1e3
+            needs_refiner = identity is not None or bool(require_face)
+            refiner = RefinePipeline.from_config(refine_cfg) if needs_refiner else None
+            pipe = PortraitPipeline(model=loaded, refiner=refiner, retries=retries)
+            params = pipe.parameters(
+                prompt,
+                negative_prompt,
+                seed,
+                num_images,
+                steps,
+                guidance,
+                width,
+                height,
+                retries,
+                identity,
+                require_face,
+            )
+            resolved = pipe.load_identity(identity) if identity is not None else None
+            bar = _Bar(params.num_images * params.steps, enabled=progress and stderr_is_tty())
+            records: list[dict[str, Any]] = []
+            t1 = time.perf_counter()
+            try:
+                for result in pipe.iter_images(params, resolved, bar):
+                    record = _write_result(result, output, refined=resolved is not None)
+                    records.append(record)
+                    written += sorted(
+                        {a["draft"] for a in record["attempts"] if a["draft"]} | {record["output"]} - {None}
+                    )
+                    if STATUS_SEVERITY[result.status] > STATUS_SEVERITY[worst]:
+                        worst = result.status
+                    if not as_json:
+                        line = f"{result.status.value}: {result.message}"
+                        typer.echo(line + (f" -> {record['output']}" if record["output"] else ""), err=True)
+            finally:
+                bar.close()
+            report = {
+                "status": worst.value,
+                "message": f"{sum(r['status'] in ('OK', 'LOW_QUALITY') for r in records)} of {num_images} image(s)",
+                "model": loaded.describe() | {"loras": [x.to_dict() for x in loaded.loras]},
+                "scheduler": loaded.scheduler,
+                "parameters": params.to_dict(),
+                "identity": resolved.name if resolved is not None else None,
+                "refiner": refiner.params() if refiner is not None and resolved is not None else None,
+                "output_dir": str(output),
+                "images": records,
+                "warnings": loaded.warnings,
+                "timings_ms": {"load": round(load_ms, 1), "generate": round((time.perf_counter() - t1) * 1e3, 1)},
+            }
+            append_log(log or default_log_path(), {"command": "generate", **report})
+            if as_json:
+                typer.echo(json.dumps(report))
+        except KeyboardInterrupt:
+            # Files are written atomically, so the ones listed are whole and nothing else exists.
+            fail(f"interrupted after writing {len(written)} complete file(s); no partial file was left", 130)
+    code = EXIT_CODES[worst]
+    if worst is Status.LOW_QUALITY and strict:
+        code = EXIT_LOW_QUALITY_STRICT
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
