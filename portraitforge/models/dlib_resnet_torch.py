@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from portraitforge.errors import ModelUnavailableError
 
@@ -299,11 +300,10 @@ def _add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _folded_conv(weight: np.ndarray, bias: np.ndarray, gamma: np.ndarray, beta: np.ndarray, stride: int) -> nn.Conv2d:
     """con followed by affine (dlib's inference-time bn) as one convolution: w*g, b*g + beta."""
     out_ch, in_ch, k, _ = weight.shape
-    conv = nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=0 if stride != 1 else k // 2, bias=True)
-    assert conv.bias is not None
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(weight * gamma[:, None, None, None]))
-        conv.bias.copy_(torch.from_numpy(bias * gamma + beta))
+    # skip_init + wrapping numpy arrays: no random initialisation, no (multi-threaded) copy into torch.
+    conv = skip_init(nn.Conv2d, in_ch, out_ch, k, stride=stride, padding=0 if stride != 1 else k // 2, bias=True)
+    conv.weight = nn.Parameter(torch.from_numpy(weight * gamma[:, None, None, None]), requires_grad=False)
+    conv.bias = nn.Parameter(torch.from_numpy(bias * gamma + beta), requires_grad=False)
     return conv
 
 
@@ -345,9 +345,8 @@ class DlibResNet(nn.Module):
             ]
             blocks.append(_ResBlock(convs[0], convs[1], down))
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(256, DESCRIPTOR_DIM, bias=False)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.from_numpy(weights["fc.weight"]))
+        self.fc = skip_init(nn.Linear, 256, DESCRIPTOR_DIM, bias=False)
+        self.fc.weight = nn.Parameter(torch.from_numpy(weights["fc.weight"].copy()), requires_grad=False)
         self.channels_last = False
         self.eval()
         self.requires_grad_(False)
@@ -520,7 +519,8 @@ class TorchDescriptorBackend:
         cache_dir: str | os.PathLike[str] | None = None,
         channels_last: bool = True,
     ) -> TorchDescriptorBackend:
-        net = DlibResNet.from_dat(path, cache_dir=cache_dir, channels_last=channels_last)
+        with _torch_threads(num_threads):  # the channels_last conversion copies every weight
+            net = DlibResNet.from_dat(path, cache_dir=cache_dir, channels_last=channels_last)
         return cls(net=net, num_threads=num_threads)
 
     def compute_chips(self, chips: np.ndarray) -> np.ndarray:
