@@ -11,16 +11,15 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 
 from portraitforge.embeddings_cache.store import IdentityRecord, IdentityStore
 from portraitforge.errors import ModelUnavailableError, PortraitForgeError
 from portraitforge.refiners.base import FaceAnalyzer
 from portraitforge.refiners.detect import DlibFaceAnalyzer
-from portraitforge.types import EXIT_CODES, Status
+from portraitforge.types import EXIT_CODES, EXIT_USAGE, Status
 
 STORE_HELP = "identity store directory (default: $PORTRAITFORGE_HOME/embeddings_cache)"
 ARCFACE_HELP = "also embed with ArcFace: auto (when its model is installed), on (required) or off"
@@ -43,7 +42,7 @@ def cli_errors() -> Iterator[None]:
     """One line on stderr and the documented exit code for every failure; never a traceback."""
     try:
         yield
-    except (typer.Exit, click.ClickException):  # usage errors keep click's own message and exit code 2
+    except typer.Exit:
         raise
     except PortraitForgeError as exc:
         typer.echo(f"error: {exc.message}", err=True)
@@ -62,7 +61,7 @@ def cli_errors() -> Iterator[None]:
 def load_analyzers(arcface: str = "auto") -> list[FaceAnalyzer]:
     """dlib always; the ArcFace analyzer (portraitforge.refiners.detect_insightface) when requested/available."""
     if arcface not in ("auto", "on", "off"):
-        raise typer.BadParameter("--arcface must be auto, on or off")
+        usage_error("--arcface must be auto, on or off")
     analyzers: list[FaceAnalyzer] = [DlibFaceAnalyzer.load()]
     if arcface == "off":
         return analyzers
@@ -75,6 +74,11 @@ def load_analyzers(arcface: str = "auto") -> list[FaceAnalyzer]:
             message = exc.message if isinstance(exc, ModelUnavailableError) else str(exc)
             raise ModelUnavailableError(f"ArcFace analyzer unavailable: {message}") from None
     return analyzers
+
+
+def usage_error(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def _emit_json(payload: Any) -> None:
@@ -109,7 +113,7 @@ def add_cmd(
     """Register an identity from several photos: embeddings per photo, a robust centroid, a reference face."""
     with cli_errors():
         if replace and append:
-            raise typer.BadParameter("use either --replace or --append")
+            usage_error("use either --replace or --append")
         store = IdentityStore(store_dir)
         record = store.add(
             name,
@@ -241,7 +245,7 @@ def consent_cmd(
     """Record or withdraw consent for an identity (needed when consent is required)."""
     with cli_errors():
         if bool(text) == withdraw:
-            raise typer.BadParameter("give TEXT or --withdraw")
+            usage_error("give TEXT or --withdraw")
         IdentityStore(store_dir).set_consent(name, None if withdraw else text)
         typer.echo(f"consent {'withdrawn' if withdraw else 'recorded'} for '{name}'")
 
