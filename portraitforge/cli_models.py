@@ -29,6 +29,8 @@ MODELS_DIR_OPTION = typer.Option(
     None, "--models-dir", help="Model store folder (default: $PORTRAITFORGE_HOME/models or the XDG data dir)."
 )
 JSON_OPTION = typer.Option(False, "--json", help="Print a machine-readable report on stdout.")
+DOWNLOAD_NAMES = typer.Argument(None, help="Model names (default: all).")
+VERIFY_NAMES = typer.Argument(None, help="Model names (default: every file present in the store).")
 REGISTRY: ModelRegistry = DEFAULT_REGISTRY  # the models this CLI manages (tests substitute local ones)
 
 
@@ -84,7 +86,7 @@ def list_models(models_dir: Path | None = MODELS_DIR_OPTION, as_json: bool = JSO
 
 @models_app.command("download")
 def download_models(
-    names: list[str] = typer.Argument(None, help="Model names (default: all)."),
+    names: list[str] = DOWNLOAD_NAMES,
     models_dir: Path | None = MODELS_DIR_OPTION,
     mirror: str | None = typer.Option(None, "--mirror", help="Base URL tried first: <mirror>/<file name>."),
     offline: bool = typer.Option(False, "--offline", help="Never touch the network (also $PORTRAITFORGE_OFFLINE=1)."),
@@ -107,7 +109,7 @@ def download_models(
 
 @models_app.command("verify")
 def verify_models(
-    names: list[str] = typer.Argument(None, help="Model names (default: every file present in the store)."),
+    names: list[str] = VERIFY_NAMES,
     models_dir: Path | None = MODELS_DIR_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

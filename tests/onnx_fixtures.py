@@ -223,3 +223,11 @@ def make_scrfd(path: Path, batched: bool = False, seed: int = 3) -> Path:
         inits,
     )
     return _model(graph, path)
+
+
+# dlib's 5 keypoints and box for scikit-image's astronaut photo (skimage.data.astronaut()), computed once with
+# DlibFaceAnalyzer: realistic face geometry without paying dlib's model load in every test module.
+ASTRONAUT_KPS5 = np.array(
+    [[203.1667, 101.5], [246.8333, 104.0], [225.0, 127.0], [201.0, 140.0], [245.0, 141.0]], dtype=np.float32
+)
+ASTRONAUT_BOX = np.array([179.0, 83.0, 266.0, 170.0], dtype=np.float32)

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from onnx_fixtures import make_arcface, make_genderage, make_scrfd
+from onnx_fixtures import ASTRONAUT_BOX, ASTRONAUT_KPS5, make_arcface, make_genderage, make_scrfd
 
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool, OnnxSettings, select_providers
 from portraitforge.models.registry import ARCFACE_W600K_R50, GENDERAGE, SCRFD_10G, ModelRegistry, ModelSpec
 from portraitforge.models.store import ModelStore
-from portraitforge.refiners.detect import DlibFaceAnalyzer
 from portraitforge.refiners.detect_insightface import (
     ARCFACE_SPACE,
     InsightFaceAnalyzer,
     InsightFaceModels,
     build_analyzer,
+    insightface_available,
     norm_crop,
     norm_matrix,
     select_by_gender,
@@ -58,7 +58,9 @@ def pool() -> OnnxSessionPool:
 
 @pytest.fixture(scope="module")
 def analyzer(synthetic: Synthetic, pool: OnnxSessionPool) -> InsightFaceAnalyzer:
-    return InsightFaceAnalyzer(models=InsightFaceModels.from_files(synthetic.det, synthetic.rec, synthetic.genderage, pool))
+    return InsightFaceAnalyzer(
+        models=InsightFaceModels.from_files(synthetic.det, synthetic.rec, synthetic.genderage, pool)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def photo() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def dlib_face(photo: np.ndarray) -> Face:
-    return DlibFaceAnalyzer.load().detect(photo)[0]  # realistic keypoints for the embedding tests
+    return Face(box=ASTRONAUT_BOX, score=1.0, kps5=ASTRONAUT_KPS5)  # dlib's keypoints on this photo
 
 
 def _iface(**kw: object):  # type: ignore[no-untyped-def]
@@ -238,7 +240,8 @@ def _synthetic_store(root: Path, synthetic: Synthetic, offline: bool = True) -> 
 
 def test_build_analyzer_backends(tmp_path: Path, synthetic: Synthetic, photo: np.ndarray) -> None:
     empty = ModelStore(root=tmp_path / "empty", offline=True)
-    assert isinstance(build_analyzer("auto", store=empty), DlibFaceAnalyzer)  # nothing stored: embedded dlib
+    # Nothing stored: "auto" means the embedded dlib backend (not constructed here: its load is slow).
+    assert not insightface_available(empty)
     with pytest.raises(ModelUnavailableError, match="det_10g.onnx"):
         build_analyzer("insightface", store=empty)
     with pytest.raises(BadInputError):
@@ -247,6 +250,7 @@ def test_build_analyzer_backends(tmp_path: Path, synthetic: Synthetic, photo: np
     store = _synthetic_store(tmp_path / "store", synthetic)
     pool = OnnxSessionPool()
     auto = build_analyzer("auto", store=store, pool=pool)
+    assert insightface_available(store)
     assert isinstance(auto, InsightFaceAnalyzer) and auto.models.genderage is not None
     assert len(pool.loaded()) == 3  # one session per model file
     again = build_analyzer("insightface", store=store, pool=pool)

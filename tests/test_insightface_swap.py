@@ -15,7 +15,7 @@ import onnx
 import pytest
 import skimage.data
 from onnx import numpy_helper
-from onnx_fixtures import make_arcface, make_inswapper, make_passthrough_inswapper
+from onnx_fixtures import ASTRONAUT_BOX, ASTRONAUT_KPS5, make_arcface, make_inswapper, make_passthrough_inswapper
 
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool, OnnxSettings
@@ -77,8 +77,8 @@ def photo() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def face(dlib: DlibFaceAnalyzer, photo: np.ndarray) -> Face:
-    return dlib.detect(photo)[0]
+def face() -> Face:
+    return Face(box=ASTRONAUT_BOX, score=1.0, kps5=ASTRONAUT_KPS5)  # dlib's keypoints on the astronaut
 
 
 def _embedding(seed: int) -> np.ndarray:
@@ -231,7 +231,7 @@ def test_crop_local_output_contract(model: InswapperModel, photo: np.ndarray, fa
     out = InswapperSwapper(model=model)(crop, in_crop, _identity({ARCFACE_SPACE: _embedding(4)}), 1.0)
     assert out.image.shape == crop.image.shape and out.image.dtype == np.uint8
     assert out.mask.shape == crop.image.shape[:2] and out.mask.dtype == np.float32
-    assert 0.0 <= float(out.mask.min()) and float(out.mask.max()) <= 1.0
+    assert float(out.mask.min()) >= 0.0 and float(out.mask.max()) <= 1.0
     assert float(out.mask.max()) > 0.99
     outside = out.mask == 0
     assert outside[0].all() and outside[-1].all()  # the aligned square sits inside the margin crop
@@ -315,8 +315,8 @@ def test_pasteback_quality_at_least_insightface(
         out = InswapperSwapper(model=ours_model)(crop, in_crop, _identity({ARCFACE_SPACE: emb}), 1.0)
         ours = FaceBlender("feather")(photo, out.image, out.mask, crop.inverse).astype(np.float32)
 
-        def err(result: np.ndarray, region: np.ndarray) -> float:
-            return float(np.abs(result - photo)[region].mean())
+        def err(result: np.ndarray, region: np.ndarray, reference: np.ndarray = photo) -> float:
+            return float(np.abs(result - reference)[region].mean())
 
         assert err(ours, outside) <= err(theirs, outside)
         if which == "pass":
@@ -361,3 +361,34 @@ def test_build_swapper(tmp_path: Path, paths: dict[str, Path], pool: OnnxSession
         "mask": "box",
         "mask_blur": 0.3,
     }
+
+
+# ---- inside the refine pipeline -----------------------------------------------------------------------
+
+
+def test_refine_pipeline_runs_with_insightface_and_inswapper(paths: dict[str, Path], pool: OnnxSessionPool) -> None:
+    """The lead's RefinePipeline with both stages swapped in (no config change needed): ArcFace identity in,
+    ArcFace identity distance graded, only a face-sized region of the frame touched."""
+    from onnx_fixtures import make_genderage, make_scrfd
+
+    from portraitforge.config import RefineConfig
+    from portraitforge.pipelines.refine import RefinePipeline
+
+    d = paths["swap"].parent
+    analyzer = InsightFaceAnalyzer(
+        models=InsightFaceModels.from_files(
+            make_scrfd(d / "det.onnx"), paths["arcface"], make_genderage(d / "ga.onnx"), pool
+        )
+    )
+    swapper = InswapperSwapper(model=InswapperModel.from_file(paths["swap"], pool), embedder=analyzer)
+    pipe = replace(RefinePipeline.from_config(RefineConfig(strength=0.8), analyzer=analyzer), swapper=swapper)
+    target = np.ascontiguousarray(skimage.data.astronaut())
+    identity = pipe.identity_from_image(np.ascontiguousarray(target[:, ::-1]), "mirror")
+    assert list(identity.embeddings) == [ARCFACE_SPACE]
+    result = pipe(target, identity)
+    assert result.ok, result.report.message
+    assert result.image is not None and result.image.shape == target.shape
+    changed = np.abs(result.image.astype(int) - target).max(axis=2) > 0
+    assert 0 < changed.sum() < 0.25 * changed.size
+    quality = result.report.faces[0].quality
+    assert quality is not None and quality.identity_distance is not None and 0.0 <= quality.identity_distance <= 2.0

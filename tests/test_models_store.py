@@ -318,7 +318,9 @@ def local_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelRegistry]:
 
 def test_cli_unreachable_exits_5(tmp_path: Path, local_registry: ModelRegistry) -> None:
     result = CliRunner().invoke(
-        _cli(), ["models", "download", "inswapper_128", "--models-dir", str(tmp_path / "m")], env={"PORTRAITFORGE_OFFLINE": ""}
+        _cli(),
+        ["models", "download", "inswapper_128", "--models-dir", str(tmp_path / "m")],
+        env={"PORTRAITFORGE_OFFLINE": ""},
     )
     assert result.exit_code == 5
     err = result.stderr.strip()

@@ -155,7 +155,9 @@ INSWAPPER_128 = ModelSpec(
     sources=_HASH_SOURCES,
 )
 
-SCRFD_10G = _buffalo("det_10g.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91", 16_923_827, "detect")
+SCRFD_10G = _buffalo(
+    "det_10g.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91", 16_923_827, "detect"
+)
 ARCFACE_W600K_R50 = _buffalo(
     "w600k_r50.onnx", "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43", 174_383_860, "embed"
 )

@@ -134,7 +134,9 @@ class ModelStore:
         except (OSError, ValueError):
             return False
         return bool(
-            data.get("sha256") == spec.sha256 and data.get("size") == st.st_size and data.get("mtime_ns") == st.st_mtime_ns
+            data.get("sha256") == spec.sha256
+            and data.get("size") == st.st_size
+            and data.get("mtime_ns") == st.st_mtime_ns
         )
 
     def _write_marker(self, path: Path, digest: str) -> None:

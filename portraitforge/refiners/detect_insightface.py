@@ -363,7 +363,7 @@ def build_analyzer(
     detect_max_side: int = 800,
     **insightface_kwargs: Any,
 ) -> FaceAnalyzer:
-    """"dlib" (embedded default), "insightface", or "auto": insightface when its files are in the store."""
+    """ "dlib" (embedded default), "insightface", or "auto": insightface when its files are in the store."""
     from portraitforge.refiners.detect import DlibFaceAnalyzer
 
     store = store if store is not None else ModelStore.from_dir()
@@ -372,6 +372,7 @@ def build_analyzer(
     if backend == "dlib":
         return DlibFaceAnalyzer.load(detect_max_side=detect_max_side)
     if backend == "insightface":
-        return InsightFaceAnalyzer.load(store=store, pool=pool if pool is not None else OnnxSessionPool(), **insightface_kwargs)
+        return InsightFaceAnalyzer.load(
+            store=store, pool=pool if pool is not None else OnnxSessionPool(), **insightface_kwargs
+        )
     raise BadInputError(f"unknown analyzer backend '{backend}' (choose auto, dlib or insightface)")
-
