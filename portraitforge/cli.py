@@ -33,6 +33,9 @@ def _root(
 from portraitforge import cli_generate  # noqa: E402
 
 cli_generate.register(app)
+from portraitforge import cli_models  # noqa: E402
+
+cli_models.register(app)
 from portraitforge import cli_identity  # noqa: E402
 
 cli_identity.register(app)
