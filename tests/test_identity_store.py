@@ -429,3 +429,59 @@ def test_in_memory_arrays_and_folders(photos, id_analyzer: DlibFaceAnalyzer, tmp
         bad = tmp_path / "text.jpg"
         bad.write_text("hello")
         store.add("text", [bad], analyzers=[id_analyzer])
+
+
+def test_real_insightface_analyzer_space_with_synthetic_weights(
+    photos, id_analyzer: DlibFaceAnalyzer, tmp_path: Path
+) -> None:
+    """The real InsightFaceAnalyzer (synthetic ArcFace/SCRFD ONNX files with the real signatures, built here)
+    as the arcface-512 space: model file name + sha256 recorded, cosine metric, unit-norm centroid, and a
+    get() with that analyzer is a cache hit. Faces come from dlib boxes because the synthetic SCRFD finds
+    bright blobs, not faces; `embed` (alignment + ONNX ArcFace) is the real code path."""
+    pytest.importorskip("insightface")
+    from dataclasses import dataclass
+
+    from onnx_fixtures import make_arcface, make_scrfd
+
+    from portraitforge.models.onnx_runtime import OnnxSessionPool
+    from portraitforge.refiners.detect_insightface import InsightFaceAnalyzer, InsightFaceModels
+
+    rec = make_arcface(tmp_path / "w600k_r50.onnx")
+    models = InsightFaceModels.from_files(make_scrfd(tmp_path / "det_10g.onnx"), rec, None, OnnxSessionPool())
+    insight = InsightFaceAnalyzer(models=models)
+
+    @dataclass
+    class DlibBoxesInsight:
+        inner: InsightFaceAnalyzer
+        name: str = "insightface"
+        embedding_space: str = "arcface-512"
+
+        def params(self):  # type: ignore[no-untyped-def]
+            return self.inner.params()
+
+        def detect(self, image):  # type: ignore[no-untyped-def]
+            return id_analyzer.detect(image)
+
+        def embed(self, image, face):  # type: ignore[no-untyped-def]
+            return self.inner.embed(image, face)
+
+        def landmarks(self, image, face):  # type: ignore[no-untyped-def]
+            return id_analyzer.landmarks(image, face)
+
+        def distance(self, a, b):  # type: ignore[no-untyped-def]
+            return self.inner.distance(a, b)
+
+        @property
+        def models(self):  # type: ignore[no-untyped-def]
+            return self.inner.models
+
+    arc = DlibBoxesInsight(insight)
+    store = IdentityStore(tmp_path / "store")
+    record = store.add("hanks", photos["hanks"][:3], analyzers=[id_analyzer, arc])
+    space = record.spaces["arcface-512"]
+    assert space.metric == "cosine" and space.threshold == 0.6
+    assert space.model.name == "w600k_r50.onnx" and space.model.sha256 == file_sha256(rec)
+    assert all(p.spaces == ["dlib-128", "arcface-512"] for p in record.photos)
+    identity = store.get("hanks", insight)  # the real analyzer: same model file -> not stale
+    assert identity.cache_hit
+    assert abs(float(np.linalg.norm(identity.embeddings["arcface-512"])) - 1.0) < 1e-5

@@ -72,8 +72,9 @@ Metric = Literal["euclidean", "cosine"]
 # Same-person thresholds per (space, metric) when the analyzer does not state `match_threshold`.
 KNOWN_THRESHOLDS: dict[tuple[str, str], float] = {
     (DLIB_SPACE, "euclidean"): DLIB_MATCH_THRESHOLD,
-    ("arcface-512", "cosine"): 0.65,  # 1 - cos; same person is typically < 0.5, strangers ~ 0.9-1.1
-    ("arcface-512", "euclidean"): 1.14,  # the same cut-off on unit vectors: sqrt(2 * 0.65)
+    # 1 - cos, as detect_insightface.ARCFACE_MATCH_DISTANCE (not imported: that module pulls in onnxruntime).
+    ("arcface-512", "cosine"): 0.6,
+    ("arcface-512", "euclidean"): 1.095,  # the same cut-off on unit vectors: sqrt(2 * 0.6)
 }
 
 _WINDOWS_RESERVED = frozenset(
@@ -254,6 +255,11 @@ def model_ref(analyzer: FaceAnalyzer, hashes: _ModelHashes) -> ModelRef:
 
         path = face_recognition_models_dir() / DESCRIPTOR_RESNET
         return ModelRef(name=DESCRIPTOR_RESNET, sha256=hashes.sha256(path) if path.is_file() else None)
+    # insightface's ArcFaceONNX (behind InsightFaceAnalyzer.models.recognizer) keeps its ONNX path in `model_file`.
+    recognizer = getattr(getattr(analyzer, "models", None), "recognizer", None)
+    model_file = getattr(recognizer, "model_file", None)
+    if isinstance(model_file, str) and Path(model_file).is_file():
+        return ModelRef(name=Path(model_file).name, sha256=hashes.sha256(Path(model_file)))
     return ModelRef(name=analyzer.name, sha256=None)
 
 
