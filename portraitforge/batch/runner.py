@@ -280,8 +280,14 @@ def make_executor(config: WorkerConfig, options: RunOptions) -> Executor:
     return ProcessExecutor(config, options.workers)
 
 
-def default_torch_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+def default_torch_threads(options: RunOptions) -> int | None:
+    """Threads per worker so that workers do not oversubscribe the cores (2 threads x 2 workers on 2
+    cores runs several times slower than 1 x 2). In-process runs leave the caller's setting alone."""
+    if options.backend == "ray":
+        return 1  # each actor reserves one CPU
+    if options.workers <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // options.workers)
 
 
 def run_batch(
@@ -307,7 +313,7 @@ def run_batch(
             todo = deque(list(todo)[: options.limit])
         processed, interrupted = 0, False
         if todo:
-            threads = options.torch_threads or default_torch_threads(options.workers)
+            threads = options.torch_threads or default_torch_threads(options)
             config = WorkerConfig.from_spec(loaded, torch_threads=threads)
             processed, interrupted = _drive(manifest, output_dir, by_id, todo, config, options, on_result)
         review_index = None

@@ -158,6 +158,15 @@ class BatchSpec(_Strict):
                 raise ValueError("seed list has duplicates")
         return value
 
+    @field_validator("identities")
+    @classmethod
+    def _unique_labels(cls, value: list[IdentitySpec]) -> list[IdentitySpec]:
+        labels = [i.label for i in value]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"identity label used twice: {', '.join(dupes)} (set distinct 'name's)")
+        return value
+
     @field_validator("sweep")
     @classmethod
     def _sweep_fields(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -184,10 +193,6 @@ class BatchSpec(_Strict):
                 raise ValueError("'prompts' only applies with 'model' (drafts come from the folder)")
             if self.seeds is not None:
                 raise ValueError("'seeds' only applies with 'model' (drafts come from the folder)")
-        labels = [i.label for i in self.identities]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"identity label used twice: {', '.join(dupes)} (set distinct 'name's)")
         return self
 
     @property
@@ -506,7 +511,7 @@ def expand(loaded: LoadedSpec) -> list[BatchItem]:
     else:
         for d_index, draft in enumerate(draft_files(loaded)):
             for ref in refs:
-                base: dict[str, Any] = {"mode": "refine", "draft_sha256": file_sha256(draft)}
+                base = {"mode": "refine", "draft_sha256": file_sha256(draft)}
                 names = {"draft": draft.stem, "draft_index": d_index}
                 points.append((ref, base, names, {"draft": draft.name, "_path": str(draft)}))
         points.sort(key=lambda p: (refs.index(p[0]), p[2]["draft_index"]))

@@ -8,12 +8,13 @@ driver's output folder even when the actor runs on another machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -184,12 +185,10 @@ class BatchWorker:
         return self._finish(item, refined, draft, timings, seed_used=None, attempts=[])
 
     def _generate_item(self, item: BatchItem, identity: Identity, timings: dict[str, float]) -> ItemResult:
-        assert self.generator is not None and item.seed is not None
-        from portraitforge.pipelines.portrait import PortraitPipeline  # noqa: F401  (type only at runtime)
-
+        assert self.generator is not None and item.prompt is not None and item.seed is not None
         model = item.params["model"]
-        refiner = self._refiner_for(item.params["refine"])
-        self.generator.refiner = refiner
+        # The worker owns this pipeline; pointing it at the item's (swept) refiner reloads nothing.
+        self.generator.refiner = self._refiner_for(item.params["refine"])
         t0 = time.perf_counter()
         out = self.generator(
             item.prompt,
@@ -201,17 +200,27 @@ class BatchWorker:
             guidance=model["guidance"],
             width=model["width"],
             height=model["height"],
-            max_face_retries=self.config.no_face_retries,
+            retries=self.config.no_face_retries,
         )
-        timings["generate"] = (time.perf_counter() - t0) * 1e3
-        report = out.reports[0]
-        draft = out.drafts[0]
-        image = out.images[0]
-        attempts = [dict(a) for a in getattr(report, "attempts", [])] if hasattr(report, "attempts") else []
-        seed_used = getattr(report, "seed", item.seed)
-        refine_report = getattr(report, "refine", report)
-        refined = RefineResult(image=image, report=refine_report)
-        return self._finish(item, refined, np.asarray(draft), timings, seed_used=seed_used, attempts=attempts)
+        timings["generate+refine"] = (time.perf_counter() - t0) * 1e3
+        res = out.results[0]
+        attempts = [a.to_dict() for a in res.attempts]
+        for a in attempts:
+            a.pop("timings_ms", None)  # keep the manifest's attempt list deterministic
+        for a in res.attempts:
+            for k, v in a.timings_ms.items():
+                timings[f"attempt{a.attempt}.{k}"] = v
+        report = res.report
+        if report is None:  # no refine happened (no face in any draft): build the status report ourselves
+            report = RefineReport(status=res.status, message=res.message)
+        else:
+            report = replace(report, status=res.status, message=res.message)
+        draft = res.draft if res.draft is not None else np.zeros((8, 8, 3), np.uint8)
+        refined = RefineResult(image=res.image if res.ok else None, report=report)
+        extra = {"generation": {k: v for k, v in res.metadata.items() if k != "versions"}}
+        return self._finish(
+            item, refined, draft, timings, seed_used=res.seed, attempts=attempts, extra=extra, a1111=res.parameters_text
+        )
 
     def _finish(
         self,
@@ -221,6 +230,8 @@ class BatchWorker:
         timings: dict[str, float],
         seed_used: int | None,
         attempts: list[dict[str, Any]],
+        extra: dict[str, Any] | None = None,
+        a1111: str | None = None,
     ) -> ItemResult:
         report: RefineReport = refined.report
         timings.update({f"refine.{k}": v for k, v in report.timings_ms.items()})
@@ -250,8 +261,10 @@ class BatchWorker:
             "status": status.value,
             "message": report.message,
             "faces": quality.get("faces", []),
+            **(extra or {}),
         }
-        data = self._encode(image, metadata, _a1111_parameters(item, seed_used))
+        chunks = {"parameters": a1111} if a1111 else _a1111_parameters(item, seed_used)
+        data = self._encode(image, metadata, chunks)
         draft_data = self._encode(draft, {"batch_item": item.id, "draft": True}) if self.config.save_drafts else None
         timings["encode"] = (time.perf_counter() - t0) * 1e3
         primary = _primary_quality(quality)
@@ -307,9 +320,19 @@ def _load_generator(config: WorkerConfig, refiner: RefinePipeline) -> Any:
         from portraitforge.pipelines.portrait import PortraitPipeline
     except ImportError as exc:
         raise WorkerStartupError(Status.MODEL_UNAVAILABLE, f"generation is not available ({exc})") from None
-    return PortraitPipeline.from_pretrained(
-        config.model_source, refiner=refiner, device=config.device, dtype=config.dtype
+    assert config.model_source is not None
+    pipeline = PortraitPipeline.from_pretrained(
+        config.model_source,
+        refiner=refiner,
+        device=config.device,
+        dtype=config.dtype,
+        retries=config.no_face_retries,
+        scheduler=config.scheduler,
     )
+    # One bar per denoising loop would drown the batch progress bar; this pipeline object is ours.
+    with contextlib.suppress(AttributeError):
+        pipeline.model.pipe.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def _default_name() -> str:
