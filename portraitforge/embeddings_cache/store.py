@@ -1172,6 +1172,7 @@ class IdentityStore:
 
     def recompute(self, name: str, analyzers: Sequence[FaceAnalyzer]) -> tuple[IdentityRecord, dict[str, np.ndarray]]:
         """Re-embed the stored per-photo crops with `analyzers` (new model version or a missing space)."""
+        self._require(name)
         with self._lock():
             record, tensors = self.load(name)
             photos = unpack(record, tensors)
@@ -1196,6 +1197,7 @@ class IdentityStore:
 
     def set_consent(self, name: str, text: str | None) -> IdentityRecord:
         """Record (or with None, withdraw) consent for an existing identity."""
+        self._require(name)
         with self._lock():
             record, tensors = self.load(name)
             consent = ConsentRecord(text=text, recorded_at=utc_now(), recorded_by=current_user()) if text else None
@@ -1204,7 +1206,13 @@ class IdentityStore:
         self.audit_log.append(name, "consent" if text else "consent-withdrawn", identity_digest=record.tensors_digest)
         return record
 
+    def _require(self, name: str) -> None:
+        """Fail on an unknown name before taking the lock (which would create the store directory)."""
+        if not self._dir(name).is_dir():
+            raise self._unknown(name)
+
     def remove(self, name: str) -> None:
+        self._require(name)
         with self._lock():
             folder = self._dir(name)
             if not folder.is_dir():
@@ -1217,6 +1225,7 @@ class IdentityStore:
 
     def rename(self, old: str, new: str) -> IdentityRecord:
         validate_name(new)
+        self._require(old)
         with self._lock():
             record, tensors = self.load(old)
             if self._dir(new).exists():
