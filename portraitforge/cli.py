@@ -30,6 +30,9 @@ def _root(
 
 # --- sub-command registration: one line per module (each module exposes `register(app)`) ---
 # (keep this block sorted; helpers add their own line)
+from portraitforge import cli_batch  # noqa: E402
+
+cli_batch.register(app)
 from portraitforge import cli_generate  # noqa: E402
 
 cli_generate.register(app)
