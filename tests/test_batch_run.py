@@ -96,10 +96,10 @@ def _kill_at_random_point(spec: Path, manifest: Path, rng: random.Random, worker
     return {"workers": workers, "early": early, "done_before": before, "finished": finished}
 
 
-def _killed_and_resumed(spec: Path, kills: int, seed: int) -> KilledRun:
+def _killed_and_resumed(spec: Path, kills: int, seed: int, workers: tuple[int, ...]) -> KilledRun:
     loaded = load_spec(spec)
     rng = random.Random(seed)
-    record = [_kill_at_random_point(spec, loaded.manifest_path, rng, workers=2 if n == 1 else 1) for n in range(kills)]
+    record = [_kill_at_random_point(spec, loaded.manifest_path, rng, workers[n % len(workers)]) for n in range(kills)]
     final = run_cli("batch", "run", str(spec), "--no-progress", "--json", "--threads", THREADS)
     assert final.returncode == 0, final.stderr
     with Manifest(loaded.manifest_path) as manifest:
@@ -112,7 +112,7 @@ def refine_run(tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
     root = tmp_path_factory.mktemp("batch_refine")
     write_wheel_drafts(root / "drafts")
     spec = write_spec(root / "spec.yaml", refine_spec_data(root / "drafts", identity_photos(root / "ids")))
-    return _killed_and_resumed(spec, kills=3, seed=6)
+    return _killed_and_resumed(spec, kills=3, seed=6, workers=(1, 2, 1))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def generate_run(tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
     if model is None:
         pytest.skip("tests/diffusion_fixtures.py (tiny diffusers pipelines) is not available")
     spec = write_spec(root / "spec.yaml", generate_spec_data(model, identity_photos(root / "ids")))
-    return _killed_and_resumed(spec, kills=2, seed=3)
+    return _killed_and_resumed(spec, kills=2, seed=3, workers=(1,))  # diffusers imports are slow: 1 process
 
 
 @pytest.fixture(params=["refine", "generate"])

@@ -182,3 +182,10 @@ def test_plan_cli_counts_and_one_line_errors(spec_dir: Path) -> None:
 def test_parse_rejects_non_mapping(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="must be a mapping"):
         parse_spec("- just\n- a list\n", tmp_path / "s.yaml")
+
+
+def test_example_config_is_valid_apart_from_its_placeholder_photo() -> None:
+    example = REPO / "configs" / "batch_example.yaml"
+    with pytest.raises(SpecError) as info:
+        load_spec(example)
+    assert [(i.field, "refs/rin.jpg" in i.message) for i in info.value.issues] == [("identities.1.image", True)]
