@@ -149,6 +149,7 @@ def test_turbo_defaults(models: dict[str, Path]) -> None:
     defaults = pipe.model.defaults
     assert (defaults.steps, defaults.guidance) == (1, 0.0)
     assert pipe.parameters("x").steps == 1
+    assert pipe.model.pipe.scheduler.config.timestep_spacing == "trailing"  # the fixture's own is "leading"
 
 
 def test_scheduler_by_name(models: dict[str, Path]) -> None:

@@ -583,6 +583,10 @@ def load_text2image(source: str | os.PathLike[str] | ModelSource, options: LoadO
     )
     if opts.scheduler:
         set_scheduler(pipe, opts.scheduler)
+    if family.turbo and pipe.scheduler.config.get("timestep_spacing", "trailing") != "trailing":
+        # SD-Turbo/SDXL-Turbo sample 1-4 steps from the end of the schedule; a single file loaded with a
+        # non-turbo config gets "leading" spacing (diffusers' SDXL Turbo guide says to set "trailing").
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing="trailing")
     model.scheduler, model.sampler_a1111 = scheduler_label(pipe.scheduler)
     model.loras = load_loras(pipe, opts.loras)
     _place(model, opts)
