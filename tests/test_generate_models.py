@@ -221,3 +221,43 @@ def test_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[st
     data[-5] ^= 0xFF
     weights.write_bytes(bytes(data))
     assert folder_fingerprint(copy) != before
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """The Hugging Face cache layout (models--owner--name/snapshots/<commit>, refs/main) holding `folder`."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_cached_hub_id_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    _fake_hub_cache(cache, "tiny/portrait-sd", models["sd"])
+    hub = PortraitPipeline.from_pretrained("tiny/portrait-sd", device="cpu", cache_dir=str(cache))
+    assert hub.model.source.kind is SourceKind.HUB
+    assert hub.model.revision == "0123456789abcdef0123456789abcdef01234567"
+    assert hub.model.name == "tiny/portrait-sd"
+    folder = PortraitPipeline.from_pretrained(models["sd"], device="cpu")
+    np.testing.assert_array_equal(_draft(hub), _draft(folder))
+
+
+def test_single_file_uses_cached_family_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]
+) -> None:
+    """Without --model-config, a single file finds its family's reference config in the HF cache (no download)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    _fake_hub_cache(
+        cache, "stable-diffusion-v1-5/stable-diffusion-v1-5", diffusers_config_folder(models["sd"], tmp_path / "c")
+    )
+    pipe = PortraitPipeline.from_pretrained(models["sd"], device="cpu")
+    checkpoint = save_single_file(pipe.model.pipe, tmp_path / "mix.safetensors")
+    single = load_text2image(checkpoint, LoadOptions(device="cpu", cache_dir=str(cache)))
+    assert single.family == ModelFamily(Family.SD1)
+    assert single.name == "mix"
