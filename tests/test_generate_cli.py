@@ -147,6 +147,7 @@ def test_identity_on_noise_model_is_no_face_exit_4(tmp_path: Path, tiny_dir: Pat
 
 
 def test_lora_recorded_in_metadata(tmp_path: Path, tiny_dir: Path) -> None:
+    pytest.importorskip("peft", reason="LoRA loading needs the 'peft' package (pip install peft)")
     lora = save_tiny_lora(build_tiny_sd(tmp_path / "tok"), tmp_path / "idol.safetensors")
     result = CliRunner().invoke(
         app,

@@ -165,6 +165,7 @@ def test_scheduler_by_name(models: dict[str, Path]) -> None:
 
 
 def test_lora_weight(tmp_path: Path, models: dict[str, Path]) -> None:
+    pytest.importorskip("peft", reason="LoRA loading needs the 'peft' package (pip install peft)")
     lora = save_tiny_lora(build_tiny_sd(tmp_path / "tok"), tmp_path / "character.safetensors")
     base = PortraitPipeline.from_pretrained(models["sd"], device="cpu")
     zero = PortraitPipeline.from_pretrained(models["sd"], device="cpu", loras=[f"{lora}:0.0"])
