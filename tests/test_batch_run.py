@@ -312,3 +312,31 @@ def test_second_concurrent_run_is_refused(tmp_path: Path) -> None:
             acquire_lock(tmp_path / "out")
     finally:
         lock.release()
+
+
+def test_a_dead_worker_process_does_not_fail_or_lose_items(tmp_path: Path) -> None:
+    """SIGKILL one of two worker processes mid-run: its item goes back to pending and the other worker
+    finishes the batch (no item is marked failed because its worker died)."""
+    from portraitforge.batch.runner import RunOptions, run_batch
+
+    drafts = tmp_path / "drafts"
+    write_wheel_drafts(drafts)
+    (drafts / "group_left.png").unlink()
+    data = refine_spec_data(drafts, identity_photos(tmp_path / "ids"))
+    data["sweep"] = {}
+    loaded = load_spec(write_spec(tmp_path / "spec.yaml", data))
+    killed: list[int] = []
+
+    def kill_one_worker(item: Any, result: Any) -> None:
+        if not killed:
+            workers = [p for p in psutil.Process().children() if "multiprocessing" in " ".join(p.cmdline())]
+            victim = next(p for p in workers if p.pid != 0)
+            victim.kill()
+            killed.append(victim.pid)
+
+    result = run_batch(loaded, RunOptions(workers=2, progress=False, review=False, torch_threads=1), kill_one_worker)
+    assert killed
+    counts = result.summary.counts
+    assert (counts["done"], counts["failed"]) == (4, 0), result.summary
+    files = image_files(loaded.output_dir)
+    assert len(files) == 4 and all(decodes(f) for f in files)

@@ -89,12 +89,13 @@ class RayExecutor:
             status, message = errors[0]
             raise WorkerStartupError(Status(status), message)
         self.pending: dict[Any, tuple[int, BatchItem]] = {}
+        self.dead: set[int] = set()
 
     def free_slots(self) -> int:
-        return len(self.actors) - len(self.pending)
+        return len(self.actors) - len(self.pending) - len(self.dead)
 
     def submit(self, item: BatchItem) -> str:
-        busy = {index for index, _ in self.pending.values()}
+        busy = {index for index, _ in self.pending.values()} | self.dead
         index = next(i for i in range(len(self.actors)) if i not in busy)
         ref = self.actors[index].process.remote(item)
         self.pending[ref] = (index, item)
@@ -115,7 +116,11 @@ class RayExecutor:
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as exc:
-                out.append(ItemResult(item.id, "failed", reason=f"INTERNAL: ray actor {index} died ({_first(exc)})"))
+                reason = f"INTERNAL: ray actor {index} died ({_first(exc)})"
+                out.append(ItemResult(item.id, "failed", reason=reason, retryable=True))
+                self.dead.add(index)
+                if len(self.dead) == len(self.actors):
+                    raise WorkerStartupError(Status.INTERNAL, f"all Ray actors died (last: {_first(exc)})") from None
             except ray.exceptions.RayError as exc:
                 out.append(ItemResult(item.id, "failed", reason=f"INTERNAL: ray task failed ({_first(exc)})"))
         return out

@@ -14,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import queue
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol
@@ -113,28 +115,30 @@ class InlineExecutor:
         self.queued.clear()
 
 
-def _worker_main(index: int, config: WorkerConfig, tasks: Any, results: Any, parent_pid: int) -> None:
+def _worker_main(index: int, config: WorkerConfig, tasks: Connection, results: Connection, parent_pid: int) -> None:
     """Entry point of a worker process: load once, then one item at a time until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
     _die_with_parent()
     try:
         worker = BatchWorker.load(config, name=f"local-{index}")
     except PortraitForgeError as exc:
-        results.put(("fatal", index, exc.status.value, exc.message))
+        results.send(("fatal", exc.status.value, exc.message))
         return
     except Exception as exc:
-        results.put(("fatal", index, Status.INTERNAL.value, f"worker {index} failed to start: {exc}"))
+        results.send(("fatal", Status.INTERNAL.value, f"worker {index} failed to start: {exc}"))
         return
     while True:
-        try:
-            item = tasks.get(timeout=1.0)
-        except queue.Empty:
+        if not tasks.poll(1.0):
             if os.getppid() != parent_pid:  # orphaned (driver killed): nothing will read our results
                 return
             continue
+        try:
+            item = tasks.recv()
+        except EOFError:  # the driver is gone
+            return
         if item is None:
             return
-        results.put(("result", index, worker.process(item)))
+        results.send(("result", worker.process(item)))
 
 
 def _die_with_parent() -> None:
@@ -150,69 +154,83 @@ def _die_with_parent() -> None:
 
 
 class ProcessExecutor:
-    """`--workers N`: N spawned processes, each loading models once; one item in flight per worker."""
+    """`--workers N`: N spawned processes, each loading models once; one item in flight per worker.
+
+    Each worker has its own pipes (no queue shared between processes), so a worker killed mid-write
+    cannot leave a lock held that would block the others.
+    """
 
     def __init__(self, config: WorkerConfig, workers: int) -> None:
         # spawn, not fork: torch and OpenMP thread pools do not survive fork safely.
         ctx = mp.get_context("spawn")
-        self.results: Any = ctx.Queue()
-        self.tasks: list[Any] = [ctx.Queue() for _ in range(workers)]
         self.busy: dict[int, BatchItem] = {}
-        self.procs = [
-            ctx.Process(
+        self.dead: set[int] = set()
+        self.tasks: list[Connection] = []
+        self.results: list[Connection] = []
+        self.procs: list[Any] = []
+        for i in range(workers):
+            task_r, task_w = ctx.Pipe(duplex=False)
+            result_r, result_w = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
                 target=_worker_main,
-                args=(i, config, self.tasks[i], self.results, os.getpid()),
+                args=(i, config, task_r, result_w, os.getpid()),
                 name=f"portraitforge-batch-{i}",
                 daemon=True,
             )
-            for i in range(workers)
-        ]
-        for p in self.procs:
-            p.start()
+            proc.start()
+            task_r.close()  # the child holds its own copies now
+            result_w.close()
+            self.tasks.append(task_w)
+            self.results.append(result_r)
+            self.procs.append(proc)
 
     def free_slots(self) -> int:
-        return len(self.procs) - len(self.busy)
+        return len(self.procs) - len(self.busy) - len(self.dead)
 
     def submit(self, item: BatchItem) -> str:
-        index = next(i for i in range(len(self.procs)) if i not in self.busy)
+        index = next(i for i in range(len(self.procs)) if i not in self.busy and i not in self.dead)
         self.busy[index] = item
-        self.tasks[index].put(item)
+        with contextlib.suppress(OSError):  # died before we could hand it over: collect() reports it
+            self.tasks[index].send(item)
         return f"local-{index}"
 
     def collect(self, timeout: float) -> list[ItemResult]:
+        live = {self.results[i]: i for i in range(len(self.procs)) if i not in self.dead}
         out: list[ItemResult] = []
-        try:
-            message = self.results.get(timeout=timeout)
-        except queue.Empty:
-            out += self._check_alive()
-            return out
-        if message[0] == "fatal":
-            _, index, status, text = message
-            raise WorkerStartupError(Status(status), text)
-        _, index, result = message
-        self.busy.pop(index, None)
-        out.append(result)
+        for ready in mp_connection.wait(list(live), timeout=timeout):
+            conn: Connection = ready  # type: ignore[assignment]  # wait() is typed loosely
+            index = live[conn]
+            try:
+                message: tuple[Any, ...] = conn.recv()
+            except (EOFError, OSError):
+                out += self._lost(index)
+                continue
+            if message[0] == "fatal":
+                raise WorkerStartupError(Status(message[1]), message[2])
+            self.busy.pop(index, None)
+            out.append(message[1])
+        for index in [i for i in self.busy if not self.procs[i].is_alive()]:
+            out += self._lost(index)
         return out
 
-    def _check_alive(self) -> list[ItemResult]:
-        """A worker that died (OOM killer, segfault) fails its item instead of hanging the run."""
-        failed = []
-        for index, item in list(self.busy.items()):
-            proc = self.procs[index]
-            if not proc.is_alive():
-                self.busy.pop(index)
-                failed.append(
-                    ItemResult(item.id, "failed", reason=f"INTERNAL: worker process died (exit code {proc.exitcode})")
-                )
-        if failed and not any(p.is_alive() for p in self.procs):
+    def _lost(self, index: int) -> list[ItemResult]:
+        """A worker that died (OOM killer, segfault, kill) hands its item back instead of hanging the run."""
+        self.dead.add(index)
+        item = self.busy.pop(index, None)
+        if len(self.dead) == len(self.procs):
             raise WorkerStartupError(Status.INTERNAL, "all worker processes died")
-        return failed
+        if item is None:
+            return []
+        proc = self.procs[index]
+        proc.join(timeout=1)
+        reason = f"INTERNAL: worker process died (exit code {proc.exitcode})"
+        return [ItemResult(item.id, "failed", reason=reason, retryable=True)]
 
     def close(self, force: bool = False) -> None:
         for i, p in enumerate(self.procs):
             if p.is_alive() and not force:
-                with contextlib.suppress(Exception):
-                    self.tasks[i].put(None)
+                with contextlib.suppress(OSError):
+                    self.tasks[i].send(None)
         for p in self.procs:
             if force:
                 p.kill()
@@ -220,9 +238,8 @@ class ProcessExecutor:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
-        for q in [*self.tasks, self.results]:
-            q.close()
-            q.cancel_join_thread()
+        for conn in [*self.tasks, *self.results]:
+            conn.close()
 
 
 # ------------------------------------------------------------------------------------- the driver
@@ -244,15 +261,20 @@ class _StopFlag:
         raise KeyboardInterrupt
 
 
+def _install_handlers(flag: _StopFlag) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, flag.handle_int)
+        signal.signal(signal.SIGTERM, flag.handle_term)
+
+
 @contextlib.contextmanager
 def _signals(flag: _StopFlag) -> Iterator[None]:
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old_int = signal.signal(signal.SIGINT, flag.handle_int)
-    old_term = signal.signal(signal.SIGTERM, flag.handle_term)
+    old_int = signal.getsignal(signal.SIGINT)
+    old_term = signal.getsignal(signal.SIGTERM)
+    _install_handlers(flag)
     try:
         yield
     finally:
@@ -351,6 +373,8 @@ def _drive(
     with _signals(flag), _progress(len(todo), options.progress) as advance:
         try:
             executor = make_executor(config, options)
+            _install_handlers(flag)  # a local Ray head installs its own SIGTERM handler: ours come first
+            requeued: set[str] = set()
             while (todo and not flag.requested) or in_flight:
                 while todo and not flag.requested and executor.free_slots() > 0:
                     iid = todo.popleft()
@@ -358,8 +382,16 @@ def _drive(
                     manifest.mark_running(iid, worker_name)
                     in_flight.add(iid)
                 for result in executor.collect(timeout=0.2):
-                    _record(manifest, output_dir, by_id[result.item_id], result)
                     in_flight.discard(result.item_id)
+                    if result.retryable:
+                        # A dead worker or actor is not the item's fault: back to pending, and retried
+                        # once in this run (a second crash leaves it pending for the next run).
+                        manifest.mark_pending([result.item_id])
+                        if result.item_id not in requeued and not flag.requested:
+                            requeued.add(result.item_id)
+                            todo.append(result.item_id)
+                        continue
+                    _record(manifest, output_dir, by_id[result.item_id], result)
                     processed += 1
                     advance(result)
                     if on_result is not None:

@@ -91,6 +91,7 @@ class ItemResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     duration_ms: float = 0.0
     worker: str = ""
+    retryable: bool = False  # the worker or actor died: not the item's fault, it goes back to pending
 
     @property
     def sha256(self) -> str | None:
@@ -181,7 +182,9 @@ class BatchWorker:
         t0 = time.perf_counter()
         draft = load_image(item.draft_path, max_pixels=refiner.config.max_pixels).rgb
         timings["load"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
         refined = refiner(draft, identity)
+        timings["refine"] = (time.perf_counter() - t0) * 1e3
         return self._finish(item, refined, draft, timings, seed_used=None, attempts=[])
 
     def _generate_item(self, item: BatchItem, identity: Identity, timings: dict[str, float]) -> ItemResult:
