@@ -53,6 +53,21 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return float(np.median(walls)), float(np.median(cpus))
 
 
+def timed_pair(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """`timed` for two functions, interleaved (a, b, a, b, ...) so that drifting machine load hits both alike."""
+    a: list[tuple[float, float]] = []
+    b: list[tuple[float, float]] = []
+    for _ in range(repeats):
+        a.append(timed(fn_a, 1))
+        b.append(timed(fn_b, 1))
+    return (
+        (float(np.median([t[0] for t in a])), float(np.median([t[1] for t in a]))),
+        (float(np.median([t[0] for t in b])), float(np.median([t[1] for t in b]))),
+    )
+
+
 def warm_up(upscaler: RealESRGANUpscaler) -> None:
     upscaler(np.zeros((16, 16, 3), dtype=np.uint8))  # initialise kernels without paying a full-size call
 
@@ -83,8 +98,7 @@ def section_speed(upscalers: dict[str, RealESRGANUpscaler], repeats: int) -> Non
             with torch.inference_mode():
                 up.model.descriptor(x)
 
-        stage_w, stage_c = timed(lambda up=up: up(image), repeats)
-        bare_w, bare_c = timed(bare, repeats)
+        (stage_w, stage_c), (bare_w, bare_c) = timed_pair(lambda up=up: up(image), bare, repeats)
         print(
             f"{name:26s} stage {stage_w:9.0f} ms ({stage_c:9.0f} cpu)  bare {bare_w:9.0f} ms ({bare_c:9.0f} cpu)"
             f"  ratio {stage_w / bare_w:.3f} wall, {stage_c / bare_c:.3f} cpu (goal <= 1.2)"
@@ -106,8 +120,7 @@ def section_tiling(upscalers: dict[str, RealESRGANUpscaler], repeats: int) -> No
             with torch.inference_mode():
                 up.model.descriptor(x)
 
-        tiled_w, tiled_c = timed(lambda t=tiled, x=x: t.upscale_tensor(x), repeats)
-        bare_w, bare_c = timed(bare, repeats)
+        (tiled_w, tiled_c), (bare_w, bare_c) = timed_pair(lambda t=tiled, x=x: t.upscale_tensor(x), bare, repeats)
         n = size // tile
         covered = sum((tile + up.overlap * ((i > 0) + (i < n - 1))) for i in range(n)) ** 2 / size**2
         print(
@@ -118,23 +131,24 @@ def section_tiling(upscalers: dict[str, RealESRGANUpscaler], repeats: int) -> No
 
 
 def section_channels_last(upscalers: dict[str, RealESRGANUpscaler], repeats: int) -> None:
-    print("\n## channels_last vs contiguous on CPU (bare model, 64 px input)")
-    for name in ("realesrgan-x4plus-anime", "realesr-animevideov3"):
+    print("\n## channels_last vs contiguous on CPU (bare model, interleaved runs)")
+    for name, size in (("realesrgan-x4plus-anime", 128), ("realesr-animevideov3", 256)):
         if name not in upscalers:
             continue
         model = upscalers[name].model.descriptor.model
-        x = torch.rand(1, 3, 64, 64)
-        results = {}
-        for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.rand(1, 3, size, size)
+
+        def run(fmt: torch.memory_format, model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
             model.to(memory_format=fmt)
-            xi = x.contiguous(memory_format=fmt)
             with torch.inference_mode():
-                model(xi[..., :16, :16])
-                results[str(fmt)] = timed(lambda m=model, xi=xi: m(xi), repeats)
+                model(x.contiguous(memory_format=fmt))
+
+        run(torch.contiguous_format)
+        run(torch.channels_last)
+        (cw, cc), (lw, lc) = timed_pair(lambda: run(torch.contiguous_format), lambda: run(torch.channels_last), repeats)
         model.to(memory_format=torch.channels_last)
-        (cw, cc), (lw, lc) = results["torch.contiguous_format"], results["torch.channels_last"]
         print(
-            f"{name:26s} contiguous {cw:7.0f} ms ({cc:7.0f} cpu)  channels_last {lw:7.0f} ms ({lc:7.0f} cpu)"
+            f"{name:26s} {size}px contiguous {cw:7.0f} ms ({cc:7.0f} cpu)  channels_last {lw:7.0f} ms ({lc:7.0f} cpu)"
             f"  speed-up {cw / lw:.2f}x wall, {cc / lc:.2f}x cpu"
         )
 

@@ -12,7 +12,8 @@ The converted state dicts use the upstream Real-ESRGAN key names (`conv_first`, 
 RRDBNet; `body.N` for SRVGGNetCompact), so spandrel recognises them like the official `.pth` files. Conversion
 runs once; the result is cached as safetensors under `home_dir()/models/realesrgan` and pinned by sha256.
 
-ncnn has no Python-free reader for this format that we could depend on, hence the small parser below.
+No library hands ncnn weights back as arrays (the ncnn Python API loads them into its own runtime only), hence the
+small parser below. The tests check it against that runtime.
 """
 
 from __future__ import annotations
