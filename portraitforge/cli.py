@@ -33,6 +33,10 @@ def _root(
 from portraitforge import cli_batch  # noqa: E402
 
 cli_batch.register(app)
+from portraitforge import cli_demo, cli_swap  # noqa: E402
+
+cli_demo.register(app)
+cli_swap.register(app)
 from portraitforge import cli_generate  # noqa: E402
 
 cli_generate.register(app)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from portraitforge.errors import BadInputError
+from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import DEFAULT_MAX_PIXELS
 from portraitforge.refiners.resize import Resolution
 
@@ -25,7 +25,7 @@ class RefineConfig(BaseModel):
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps the target, 1 is the full identity")
     swap_engine: Literal["landmark"] = "landmark"
     mask: Literal["hull", "features"] = Field("hull", description="hull: whole face; features: eyes/nose/mouth")
-    feather: float = Field(0.06, ge=0.0, le=0.5, description="mask feather, fraction of face height")
+    feather: float = Field(0.05, ge=0.0, le=0.5, description="mask feather, fraction of face height")
     color_transfer: bool = True
     blend: Literal["poisson", "poisson-mixed", "multiband", "feather"] = "poisson"
     smoothing: float = Field(0.0, ge=0.0, le=1.0)
@@ -36,8 +36,8 @@ class RefineConfig(BaseModel):
     fit: Literal["pad", "crop", "stretch"] = "pad"
     upscaler: str = Field("none", description="none, lanczos (Real-ESRGAN names when installed)")
     crop_margin: float = Field(0.45, ge=0.2, le=1.5, description="context around the aligned face crop")
-    max_crop: int = Field(1024, ge=128, le=4096, description="largest aligned face crop in pixels")
-    detect_max_side: int = Field(800, ge=128, le=4096, description="detector works on a copy this large")
+    max_crop: int = Field(512, ge=128, le=4096, description="largest aligned face crop in pixels")
+    detect_max_side: int = Field(640, ge=128, le=4096, description="detector works on a copy this large")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard")
     max_identity_distance: float = Field(0.6, gt=0.0, description="LOW_QUALITY above this")
     max_seam_score: float = Field(2.5, gt=0.0)
@@ -77,4 +77,4 @@ class RefineConfig(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(x) for x in first["loc"]) or "value"
-            raise BadInputError(f"{source}: {field}: {first['msg']}") from None
+            raise ParameterError(f"{source}: {field}: {first['msg']}") from None

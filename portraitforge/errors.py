@@ -31,3 +31,7 @@ class ModelUnavailableError(PortraitForgeError):
 
 class OutOfMemoryError(PortraitForgeError):
     status = Status.OUT_OF_MEMORY
+
+
+class ParameterError(BadInputError):
+    """An invalid option value: reported like a usage error (exit code 2)."""

@@ -6,7 +6,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import numpy as np
 from numpy.typing import NDArray
 
 # cv2's stubs return loosely typed arrays, so dtypes are documented rather than enforced by mypy.

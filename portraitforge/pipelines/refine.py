@@ -89,6 +89,9 @@ class RefinePipeline:
     def params(self) -> dict[str, Any]:
         return self.config.model_dump()
 
+    def stages(self) -> list[Any]:
+        return [self.analyzer, self.swapper, self.upscaler, self.adjuster, self.blender]
+
     def __call__(
         self,
         target: ImageRGB,
@@ -147,7 +150,7 @@ class RefinePipeline:
         result = frame.copy()
         problems: list[str] = []
         for face in chosen:
-            index = faces.index(face)
+            index = next(i for i, f in enumerate(faces) if f is face)
             face_report = FaceReport(
                 index=index,
                 box=[float(v) for v in face.box],

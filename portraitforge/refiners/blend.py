@@ -92,6 +92,9 @@ def laplacian_blend(src: np.ndarray, dst: np.ndarray, alpha: np.ndarray, levels:
 @dataclass
 class FaceBlender:
     mode: BlendMode = "poisson"
+    # Poisson boundary sits where the feathered mask crosses this level: deep enough inside the face
+    # that it runs over target skin, not hair or background, which would bleed inwards.
+    poisson_support: float = 0.5
     name: str = "blend"
 
     def params(self) -> dict[str, Any]:
@@ -137,7 +140,7 @@ class FaceBlender:
         return out
 
     def _poisson(self, src: ImageRGB, dst: ImageRGB, alpha: np.ndarray) -> np.ndarray:
-        support = (alpha > 0.02).astype(np.uint8) * 255
+        support = (alpha > self.poisson_support).astype(np.uint8) * 255
         # seamlessClone zeroes the mask's outer pixel ring; keep a margin so nothing is lost.
         support[:2, :] = 0
         support[-2:, :] = 0

@@ -57,7 +57,7 @@ class DlibFaceAnalyzer:
     """HOG detector on a downscaled copy, 68 landmarks and the 128-d descriptor at full resolution."""
 
     models: DlibModels
-    detect_max_side: int = 800
+    detect_max_side: int = 640
     upsample_fallback: bool = True
     min_score: float = 0.0
     name: str = "dlib"

@@ -127,15 +127,36 @@ def lab_color_transfer(
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def lighting_transfer(
+    source: ImageRGB, reference: ImageRGB, region: np.ndarray, sigma: float, max_gain: float = 1.6
+) -> ImageRGB:
+    """Give `source` the low-frequency lighting of `reference`: source * blur(reference) / blur(source).
+
+    Blurs are normalised convolutions over `region`, so background or hair next to the face never
+    leaks into the ratio. Removes local colour casts and lighting gradients that a global LAB match
+    leaves behind; `sigma` (a fraction of eye distance) keeps facial structure out of the ratio.
+    """
+    weight = (region > 0).astype(np.float32)
+    if weight.sum() < 32:
+        return source
+    w_blur = cv2.GaussianBlur(weight, (0, 0), sigma) + 1e-4
+    src_f, ref_f = source.astype(np.float32), reference.astype(np.float32)
+    src_blur = cv2.GaussianBlur(src_f * weight[..., None], (0, 0), sigma) / w_blur[..., None]
+    ref_blur = cv2.GaussianBlur(ref_f * weight[..., None], (0, 0), sigma) / w_blur[..., None]
+    gain = np.clip((ref_blur + 4.0) / (src_blur + 4.0), 1.0 / max_gain, max_gain)
+    return np.clip(src_f * gain, 0, 255).astype(np.uint8)
+
+
 @dataclass
 class LandmarkSwapper:
     """Classical swap. `strength` moves both geometry (inner features) and pixels toward the identity."""
 
     mask_shape: MaskShape = "hull"
-    feather: float = 0.06  # Gaussian sigma as a fraction of face height
-    erode: float = 0.03  # mask erosion as a fraction of face height
+    feather: float = 0.05  # Gaussian sigma as a fraction of face height
+    erode: float = 0.10  # mask erosion as a fraction of face height
     forehead_lift: float = 0.22  # how far above the brows the swapped region reaches
     color_transfer: bool = True
+    occlusion_aware: bool = True  # drop hair/occluders from the mask's outer ring
     name: str = "landmark"
 
     def params(self) -> dict[str, Any]:
@@ -146,6 +167,7 @@ class LandmarkSwapper:
             "erode": self.erode,
             "forehead_lift": self.forehead_lift,
             "color_transfer": self.color_transfer,
+            "occlusion_aware": self.occlusion_aware,
         }
 
     def __call__(self, crop: AlignedCrop, target_face: Face, identity: Identity, strength: float) -> SwapOutput:
@@ -175,9 +197,14 @@ class LandmarkSwapper:
         map_x, map_y = piecewise_affine_maps(src_pts, dst_pts, size)
         warped = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
-        mask_u8 = self._mask(size, dst_lm, target_lm if mismatch_mouth else None)
+        warped_skin, target_skin = skin_mask(size, dst_lm), skin_mask(size, target_lm)
+        # Only the target's occluders matter for the boundary: the mask edge must sit on target skin.
+        skin_like = skin_likeness(crop.image, target_skin) if self.occlusion_aware else None
+        mask_u8 = self._mask(size, dst_lm, target_lm if mismatch_mouth else None, skin_like)
         if self.color_transfer:
-            warped = lab_color_transfer(warped, crop.image, skin_mask(size, dst_lm), skin_mask(size, target_lm))
+            warped = lab_color_transfer(warped, crop.image, warped_skin, target_skin)
+            eye_distance = float(np.linalg.norm(target_lm[LEFT_EYE].mean(0) - target_lm[RIGHT_EYE].mean(0)))
+            warped = lighting_transfer(warped, crop.image, mask_u8, sigma=max(2.0, 0.35 * eye_distance))
 
         mask = mask_u8.astype(np.float32) / 255.0
         if strength < 1.0:
@@ -185,22 +212,64 @@ class LandmarkSwapper:
             warped = cv2.addWeighted(warped, float(strength), crop.image, 1.0 - float(strength), 0.0)
         return SwapOutput(image=warped, mask=mask, landmarks68=dst_lm)
 
-    def _mask(self, size: int, landmarks: FloatArray, keep_mouth_of: FloatArray | None) -> np.ndarray:
+    def _mask(
+        self, size: int, landmarks: FloatArray, keep_mouth_of: FloatArray | None, skin_like: np.ndarray | None
+    ) -> np.ndarray:
         scale = face_scale(landmarks)
+        features = np.zeros((size, size), np.uint8)
+        for idx in (LEFT_EYE + BROWS[:5], RIGHT_EYE + BROWS[5:], NOSE + [31, 35], OUTER_LIPS):
+            features |= _poly_mask(size, landmarks[idx])
+        k = max(3, int(scale * 0.12) | 1)
+        features = cv2.dilate(features, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         if self.mask_shape == "hull":
-            mask = _poly_mask(size, np.concatenate([landmarks[JAW], forehead_points(landmarks, self.forehead_lift)]))
+            hull = _poly_mask(size, np.concatenate([landmarks[JAW], forehead_points(landmarks, self.forehead_lift)]))
+            if skin_like is not None:
+                # Outside the inner features, take only target pixels that look like its skin, so hair,
+                # hands or glasses frames never end up on the Poisson boundary (they would bleed inwards).
+                ring = cv2.bitwise_and(hull, skin_like)
+                hull = cv2.bitwise_or(cv2.bitwise_and(hull, features), ring)
+                hull = _largest_component(cv2.morphologyEx(hull, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8)))
+            mask = hull
         else:
-            mask = np.zeros((size, size), np.uint8)
-            for idx in (LEFT_EYE + BROWS[:5], RIGHT_EYE + BROWS[5:], NOSE + [31, 35], OUTER_LIPS):
-                mask |= _poly_mask(size, landmarks[idx])
-            k = max(3, int(scale * 0.12) | 1)
-            mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        if keep_mouth_of is not None:
-            inner = _poly_mask(size, keep_mouth_of[INNER_LIPS], hull=False)
-            k = max(3, int(scale * 0.02) | 1)
-            inner = cv2.dilate(inner, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-            mask = cv2.bitwise_and(mask, cv2.bitwise_not(inner))
+            mask = features
         k = max(3, int(scale * self.erode * 2) | 1)
         mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         sigma = max(1.0, scale * self.feather)
-        return cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
+        mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
+        if keep_mouth_of is not None:
+            # The target's open mouth (teeth, tongue) stays; a tight feather keeps the lips crisp.
+            inner = _poly_mask(size, keep_mouth_of[INNER_LIPS], hull=False)
+            small_sigma = max(1.0, scale * 0.012)
+            inner = cv2.GaussianBlur(inner, (0, 0), sigmaX=small_sigma, sigmaY=small_sigma)
+            mask = (mask.astype(np.float32) * (1.0 - inner.astype(np.float32) / 255.0)).astype(np.uint8)
+        return mask
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.where(labels == largest, 255, 0).astype(np.uint8)
+
+
+def skin_likeness(image: ImageRGB, region: np.ndarray, max_distance: float = 3.0, work_side: int = 160) -> np.ndarray:
+    """255 where a pixel's LAB colour is within `max_distance` (Mahalanobis) of the region's skin colour.
+
+    Lightness gets extra tolerance because shading varies across a face far more than skin hue does.
+    Evaluated on a small copy: the decision is smooth at face scale and this keeps it ~1 ms.
+    """
+    h, w = image.shape[:2]
+    step = max(1, max(h, w) // work_side)
+    small, small_region = image[::step, ::step], region[::step, ::step]
+    lab = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
+    samples = lab[small_region > 0]
+    if len(samples) < 32:
+        return np.full((h, w), 255, np.uint8)
+    mean = samples.mean(0)
+    cov = np.cov(samples, rowvar=False) + np.diag([60.0, 4.0, 4.0])
+    cov[0, 0] *= 4.0
+    diff = (lab - mean).reshape(-1, 3)
+    d2 = ((diff @ np.linalg.inv(cov).astype(np.float32)) * diff).sum(1).reshape(lab.shape[:2])
+    likeness = (d2 < max_distance**2).astype(np.uint8) * 255
+    return cv2.resize(likeness, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -1,0 +1,26 @@
+"""`portraitforge demo`: the offline showcase written by the README's first command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from portraitforge.cli_common import one_line_errors
+
+
+def demo(
+    output: Path = typer.Option(Path("outputs/demo"), "--output", "-o", help="Folder for the demo images."),
+) -> None:
+    """Swap a face between photos shipped in the installed wheels and write comparison sheets."""
+    with one_line_errors():
+        from portraitforge.demo import run_demo
+
+        out = run_demo(output)
+        for path in out.files:
+            typer.echo(str(path))
+        typer.echo(f"{out.report.status.value}: {out.report.message}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

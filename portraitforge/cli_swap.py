@@ -1,0 +1,118 @@
+"""`portraitforge swap`: refine target photos toward an identity."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from tqdm import tqdm
+
+from portraitforge.cli_common import one_line_errors
+from portraitforge.config import RefineConfig
+from portraitforge.embeddings_cache.resolve import resolve_identity
+from portraitforge.errors import BadInputError
+from portraitforge.imageio import list_images
+from portraitforge.paths import default_log_path
+from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.pipelines.refine_files import append_log, output_path_for, refine_file
+from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
+
+
+def _overrides(**options: Any) -> dict[str, Any]:
+    """CLI options that were given (None means 'use the preset/default')."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def swap(
+    targets: list[Path] = typer.Argument(..., help="Target image files or folders.", show_default=False),
+    identity: str = typer.Option(..., "--identity", "-i", help="Identity image (or stored identity name)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (one target) or folder."),
+    config: str | None = typer.Option(None, "--config", "-c", help="YAML preset file or name in configs/."),
+    select: str | None = typer.Option(None, help="Faces to refine: largest | all | index | reference."),
+    face_index: int | None = typer.Option(None, help="Face number for --select index (reading order)."),
+    reference: Path | None = typer.Option(None, help="Image of the face to pick with --select reference."),
+    strength: float | None = typer.Option(None, help="0 keeps the target, 1 is the full identity."),
+    mask: str | None = typer.Option(None, help="Mask shape: hull | features."),
+    feather: float | None = typer.Option(None, help="Mask feather as a fraction of face height."),
+    color_transfer: bool | None = typer.Option(None, "--color-transfer/--no-color-transfer"),
+    blend: str | None = typer.Option(None, help="poisson | poisson-mixed | multiband | feather."),
+    smoothing: float | None = typer.Option(None, help="Skin smoothing 0..1."),
+    brightness: float | None = typer.Option(None, help="Face brightness -1..1."),
+    contrast: float | None = typer.Option(None, help="Face contrast -1..1."),
+    saturation: float | None = typer.Option(None, help="Face saturation -1..1."),
+    resolution: str | None = typer.Option(None, help="original | 512 | 1024 | 2048 | WxH."),
+    fit: str | None = typer.Option(None, help="For WxH: pad (reflect) | crop | stretch."),
+    upscaler: str | None = typer.Option(None, help="Face crop upscaler: none | lanczos | Real-ESRGAN name."),
+    max_pixels: int | None = typer.Option(None, help="Reject images with more pixels (decompression bombs)."),
+    fmt: str | None = typer.Option(None, "--format", help="png | jpg | webp (default: from -o, else png)."),
+    jpeg_quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON report per target on stdout."),
+    log: Path | None = typer.Option(None, help="JSON-lines run log (default: $PORTRAITFORGE_HOME/logs/runs.jsonl)."),
+    strict: bool = typer.Option(False, help="Exit 7 when any result is LOW_QUALITY."),
+) -> None:
+    """Swap the face(s) in TARGET images to IDENTITY and blend them seamlessly."""
+    with one_line_errors():
+        overrides = _overrides(
+            select=select,
+            face_index=face_index,
+            strength=strength,
+            mask=mask,
+            feather=feather,
+            color_transfer=color_transfer,
+            blend=blend,
+            smoothing=smoothing,
+            brightness=brightness,
+            contrast=contrast,
+            saturation=saturation,
+            resolution=resolution,
+            fit=fit,
+            upscaler=upscaler,
+            max_pixels=max_pixels,
+        )
+        cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
+        if cfg.select == "reference" and reference is None:
+            raise BadInputError("--select reference needs --reference IMAGE")
+        files = list_images(targets)
+        if not files:
+            raise BadInputError("no target images found")
+        many = len(files) > 1 or any(t.is_dir() for t in targets)
+        outputs = [output_path_for(f, output, many, fmt) for f in files]
+        if len(set(outputs)) != len(outputs):
+            raise BadInputError("two targets would write the same output file (same file name in several folders)")
+
+        pipe = RefinePipeline.from_config(cfg)
+        t0 = time.perf_counter()
+        ident = resolve_identity(identity, pipe.analyzer, max_pixels=cfg.max_pixels)
+        identity_ms = (time.perf_counter() - t0) * 1e3
+        reference_vec = None
+        if reference is not None:
+            reference_vec = next(iter(resolve_identity(str(reference), pipe.analyzer).embeddings.values()))
+
+        log_path = log or default_log_path()
+        worst = Status.OK
+        progress = tqdm(files, desc="swap", unit="img", disable=len(files) < 2, file=None)
+        for target, out_path in zip(progress, outputs, strict=True):
+            report = refine_file(pipe, target, ident, out_path, jpeg_quality, reference_embedding=reference_vec)
+            report.timings_ms = {"identity": identity_ms if target == files[0] else 0.0, **report.timings_ms}
+            append_log(log_path, report.to_dict())
+            if as_json:
+                typer.echo(json.dumps(report.to_dict()))
+            elif report.status in (Status.OK, Status.LOW_QUALITY):
+                typer.echo(f"{report.status.value}: {target} -> {out_path}: {report.message}", err=True)
+            else:
+                typer.echo(f"error: {target}: {report.message}", err=True)
+            if STATUS_SEVERITY[report.status] > STATUS_SEVERITY[worst]:
+                worst = report.status
+    code = EXIT_CODES[worst]
+    if worst == Status.LOW_QUALITY and strict:
+        code = EXIT_LOW_QUALITY_STRICT
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("swap")(swap)
+

@@ -1,0 +1,88 @@
+"""The offline demo: real photos from the installed wheels, the embedded dlib models, no network."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from portraitforge.config import RefineConfig
+from portraitforge.errors import NoFaceError
+from portraitforge.imageio import load_image, save_image
+from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.refiners.base import FaceAnalyzer
+from portraitforge.samples import astronaut, insightface_image
+from portraitforge.types import ImageRGB, RefineReport
+
+SWEEP_STRENGTHS = (0.3, 0.5, 0.7, 0.9)
+IDENTITY_FACE_INDEX = 1  # the frontal, smiling face in insightface's t1.jpg (reading order)
+
+
+@dataclass
+class DemoOutput:
+    folder: Path
+    files: list[Path]
+    report: RefineReport
+
+
+def labelled(image: ImageRGB, text: str, height: int = 384) -> ImageRGB:
+    scale = height / image.shape[0]
+    tile = cv2.resize(image, (max(1, round(image.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+    bar = np.full((36, tile.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2, cv2.LINE_AA)
+    return np.concatenate([bar, tile], axis=0)
+
+
+def identity_photo(analyzer: FaceAnalyzer) -> ImageRGB:
+    """A loose crop around one face of t1.jpg, so the identity photo shows exactly one person."""
+    group = load_image(insightface_image("t1.jpg")).rgb
+    pipe_faces = analyzer.detect(group)
+    if len(pipe_faces) <= IDENTITY_FACE_INDEX:
+        raise NoFaceError("demo: expected faces in insightface's t1.jpg were not found")
+    x0, y0, x1, y1 = pipe_faces[IDENTITY_FACE_INDEX].box
+    w, h = x1 - x0, y1 - y0
+    top, bottom = int(max(0, y0 - 0.8 * h)), int(min(group.shape[0], y1 + 0.6 * h))
+    left, right = int(max(0, x0 - 0.6 * w)), int(min(group.shape[1], x1 + 0.6 * w))
+    return np.ascontiguousarray(group[top:bottom, left:right])
+
+
+def run_demo(folder: Path, pipe: RefinePipeline | None = None) -> DemoOutput:
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = pipe or RefinePipeline.from_config()
+    target = astronaut()
+    id_image = identity_photo(pipe.analyzer)
+    identity = pipe.identity_from_image(id_image, "t1-face-1", source="insightface t1.jpg")
+
+    result = pipe(target, identity)
+    if result.image is None:
+        raise NoFaceError(f"demo: {result.report.message}")
+    files = [
+        save_image(folder / "target.png", target),
+        save_image(folder / "identity.png", id_image),
+        save_image(folder / "result.png", result.image, metadata={"parameters": pipe.params()}),
+    ]
+    sheet = np.concatenate(
+        [labelled(target, "target"), labelled(id_image, "identity"), labelled(result.image, "result")], axis=1
+    )
+    files.append(save_image(folder / "comparison.png", sheet))
+
+    tiles = []
+    for strength in SWEEP_STRENGTHS:
+        swept = pipe.with_config(pipe.config.model_copy(update={"strength": strength}))(target, identity)
+        if swept.image is None:
+            raise NoFaceError(f"demo: strength {strength}: {swept.report.message}")
+        tiles.append(labelled(swept.image, f"strength {strength}", height=320))
+    files.append(save_image(folder / "strength_sweep.png", np.concatenate(tiles, axis=1)))
+
+    group = load_image(insightface_image("t1.jpg")).rgb
+    all_faces = pipe.with_config(RefineConfig(**{**pipe.config.model_dump(), "select": "all"}))(group, identity)
+    if all_faces.image is not None:
+        files.append(save_image(folder / "group_all_faces.png", all_faces.image))
+
+    report_path = folder / "report.json"
+    report_path.write_text(json.dumps(result.report.to_dict(), indent=2))
+    files.append(report_path)
+    return DemoOutput(folder=folder, files=files, report=result.report)

@@ -1,0 +1,77 @@
+"""Shared fixtures: real photos from the wheels and ../shared/faces, and the embedded dlib models."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portraitforge.config import RefineConfig
+from portraitforge.imageio import load_image
+from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.refiners.detect import DlibFaceAnalyzer
+from portraitforge.samples import astronaut, insightface_image
+from portraitforge.types import Identity
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FACES = REPO.parent / "shared" / "faces"
+
+
+@pytest.fixture(scope="session")
+def shared_faces_dir() -> Path:
+    if not (SHARED_FACES / "identities.csv").is_file():
+        pytest.skip(f"labelled test photos not available at {SHARED_FACES}")
+    return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def shared_labels(shared_faces_dir: Path) -> dict[str, str]:
+    with open(shared_faces_dir / "identities.csv") as handle:
+        return {row["file"]: row["identity"] for row in csv.DictReader(handle)}
+
+
+@pytest.fixture(scope="session")
+def analyzer() -> DlibFaceAnalyzer:
+    return DlibFaceAnalyzer.load()
+
+
+@pytest.fixture(scope="session")
+def pipeline(analyzer: DlibFaceAnalyzer) -> RefinePipeline:
+    return RefinePipeline.from_config(RefineConfig(), analyzer=analyzer)
+
+
+@pytest.fixture(scope="session")
+def astronaut_rgb() -> np.ndarray:
+    return astronaut()
+
+
+@pytest.fixture(scope="session")
+def hanks_path() -> Path:
+    return insightface_image("Tom_Hanks_54745.png")
+
+
+@pytest.fixture(scope="session")
+def t1_path() -> Path:
+    return insightface_image("t1.jpg")
+
+
+@pytest.fixture(scope="session")
+def t1_rgb(t1_path: Path) -> np.ndarray:
+    return load_image(t1_path).rgb
+
+
+@pytest.fixture(scope="session")
+def t1_identity(pipeline: RefinePipeline, t1_rgb: np.ndarray, analyzer: DlibFaceAnalyzer) -> Identity:
+    """A colour identity: the frontal face (reading-order index 1) of insightface's t1.jpg."""
+    from portraitforge.demo import identity_photo
+
+    return pipeline.identity_from_image(identity_photo(analyzer), "t1-face-1")
+
+
+@pytest.fixture()
+def astronaut_path(tmp_path: Path, astronaut_rgb: np.ndarray) -> Path:
+    from portraitforge.imageio import save_image
+
+    return save_image(tmp_path / "astronaut.png", astronaut_rgb)
