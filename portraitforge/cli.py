@@ -46,6 +46,9 @@ cli_models.register(app)
 from portraitforge import cli_identity  # noqa: E402
 
 cli_identity.register(app)
+from portraitforge import cli_ui  # noqa: E402
+
+cli_ui.register(app)
 # --- end of registration ---
 
 
