@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,14 @@ from typing import Any
 import typer
 from tqdm import tqdm
 
-from portraitforge.cli_common import one_line_errors
+from portraitforge.cli_common import one_line_errors, stderr_is_tty
 from portraitforge.config import RefineConfig
-from portraitforge.embeddings_cache.resolve import resolve_identity
-from portraitforge.errors import BadInputError
+from portraitforge.embeddings_cache.resolve import is_face_mapping, resolve_face_mapping, resolve_identity
+from portraitforge.embeddings_cache.store import IdentityStore
+from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import list_images
 from portraitforge.paths import default_log_path
-from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.pipelines.refine import IdentityArg, RefinePipeline, all_identities
 from portraitforge.pipelines.refine_files import append_log, output_path_for, refine_file
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
@@ -28,7 +30,13 @@ def _overrides(**options: Any) -> dict[str, Any]:
 
 def swap(
     targets: list[Path] = typer.Argument(..., help="Target image files or folders.", show_default=False),
-    identity: str = typer.Option(..., "--identity", "-i", help="Identity image (or stored identity name)."),
+    identity: str = typer.Option(
+        ...,
+        "--identity",
+        "-i",
+        help="Identity image, stored identity name, per-face mapping '0=alice,1=bob', or 'nearest:alice,bob' "
+        "(each identity goes to the face most like it).",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Output file (one target) or folder."),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML preset file or name in configs/."),
     select: str | None = typer.Option(None, help="Faces to refine: largest | all | index | reference."),
@@ -52,6 +60,14 @@ def swap(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON report per target on stdout."),
     log: Path | None = typer.Option(None, help="JSON-lines run log (default: $PORTRAITFORGE_HOME/logs/runs.jsonl)."),
     strict: bool = typer.Option(False, help="Exit 7 when any result is LOW_QUALITY."),
+    store_dir: Path | None = typer.Option(None, "--store", help="Identity store (default $PORTRAITFORGE_HOME/...)."),
+    require_consent: bool = typer.Option(False, help="Refuse identities without a consent record."),
+    analyzer: str | None = typer.Option(None, help="Face analysis: dlib | insightface | auto."),
+    swap_engine: str | None = typer.Option(None, help="landmark (embedded) | inswapper (inswapper_128)."),
+    swap_order: str | None = typer.Option(None, help="inswapper: upscale-swap | swap-upscale."),
+    pixel_boost: int | None = typer.Option(None, help="inswapper: 128 px tiles per side, 0 = auto."),
+    gender: str | None = typer.Option(None, help="insightface: refine only faces of this gender (female|male)."),
+    models_dir: str | None = typer.Option(None, help="Model store directory."),
 ) -> None:
     """Swap the face(s) in TARGET images to IDENTITY and blend them seamlessly."""
     with one_line_errors():
@@ -71,6 +87,12 @@ def swap(
             fit=fit,
             upscaler=upscaler,
             max_pixels=max_pixels,
+            analyzer=analyzer,
+            swap_engine=swap_engine,
+            swap_order=swap_order,
+            pixel_boost=pixel_boost,
+            gender=gender,
+            models_dir=models_dir,
         )
         cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
         if cfg.select == "reference" and reference is None:
@@ -84,8 +106,9 @@ def swap(
             raise BadInputError("two targets would write the same output file (same file name in several folders)")
 
         pipe = RefinePipeline.from_config(cfg)
+        store = IdentityStore(store_dir, require_consent=require_consent)
         t0 = time.perf_counter()
-        ident = resolve_identity(identity, pipe.analyzer, max_pixels=cfg.max_pixels)
+        ident = _resolve(identity, pipe, store, require_consent)
         identity_ms = (time.perf_counter() - t0) * 1e3
         reference_vec = None
         if reference is not None:
@@ -93,17 +116,23 @@ def swap(
 
         log_path = log or default_log_path()
         worst = Status.OK
-        progress = tqdm(files, desc="swap", unit="img", disable=len(files) < 2, file=None)
+        # The bar only goes to a terminal; logs and pipes get the per-file lines alone.
+        progress = tqdm(files, desc="swap", unit="img", disable=len(files) < 2 or not stderr_is_tty())
         for target, out_path in zip(progress, outputs, strict=True):
             report = refine_file(pipe, target, ident, out_path, jpeg_quality, reference_embedding=reference_vec)
             report.timings_ms = {"identity": identity_ms if target == files[0] else 0.0, **report.timings_ms}
             append_log(log_path, report.to_dict())
+            if report.output_path is not None:
+                for used in all_identities(ident):
+                    if used.cache_hit:  # stored identities carry an audit trail
+                        store.audit(used, "swap", report.output_path)
             if as_json:
                 typer.echo(json.dumps(report.to_dict()))
             elif report.status in (Status.OK, Status.LOW_QUALITY):
-                typer.echo(f"{report.status.value}: {target} -> {out_path}: {report.message}", err=True)
+                tqdm.write(f"{report.status.value}: {target} -> {out_path}: {report.message}", file=sys.stderr)
             else:
-                typer.echo(f"error: {target}: {report.message}", err=True)
+                message = report.message if report.message.startswith(str(target)) else f"{target}: {report.message}"
+                tqdm.write(f"error: {message}", file=sys.stderr)
             if STATUS_SEVERITY[report.status] > STATUS_SEVERITY[worst]:
                 worst = report.status
     code = EXIT_CODES[worst]
@@ -113,6 +142,18 @@ def swap(
         raise typer.Exit(code)
 
 
+def _resolve(spec: str, pipe: RefinePipeline, store: IdentityStore, require_consent: bool) -> IdentityArg:
+    """One identity, a per-face mapping (`0=alice,1=bob`), or `nearest:alice,bob`."""
+    common: dict[str, Any] = {"max_pixels": pipe.config.max_pixels, "store": store, "require_consent": require_consent}
+    if spec.startswith("nearest:"):
+        names = [n.strip() for n in spec.removeprefix("nearest:").split(",") if n.strip()]
+        if not names:
+            raise ParameterError("--identity nearest: needs at least one identity, e.g. nearest:alice,bob")
+        return [resolve_identity(n, pipe.analyzer, **common) for n in names]
+    if is_face_mapping(spec):
+        return resolve_face_mapping(spec, pipe.analyzer, **common)
+    return resolve_identity(spec, pipe.analyzer, **common)
+
+
 def register(app: typer.Typer) -> None:
     app.command("swap")(swap)
-

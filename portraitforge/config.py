@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import DEFAULT_MAX_PIXELS
@@ -23,31 +23,71 @@ class RefineConfig(BaseModel):
     select: Literal["largest", "all", "index", "reference"] = Field("largest", description="which faces to refine")
     face_index: int = Field(0, ge=0, description="face number for select=index (reading order)")
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps the target, 1 is the full identity")
-    swap_engine: Literal["landmark"] = "landmark"
+    analyzer: Literal["auto", "dlib", "insightface"] = Field(
+        "dlib", description="face analysis: dlib (embedded), insightface (SCRFD+ArcFace files), auto (best present)"
+    )
+    descriptor_backend: Literal["auto", "dlib", "torch"] = Field(
+        "auto", description="dlib 128-d descriptor: torch port (8x faster, checked against dlib) or dlib itself"
+    )
+    swap_engine: Literal["landmark", "inswapper"] = Field(
+        "landmark", description="landmark (embedded, dlib identities) or inswapper (inswapper_128, ArcFace identities)"
+    )
+    swap_order: Literal["upscale-swap", "swap-upscale"] = Field(
+        "upscale-swap", description="inswapper: upscale the target crop before the swap, or the swapped face after"
+    )
+    pixel_boost: int = Field(0, ge=0, le=4, description="inswapper: 128 px tiles per side (0 = automatic)")
+    gender: Literal["any", "female", "male"] = Field("any", description="insightface: only refine faces of this gender")
+    models_dir: str | None = Field(None, description="model store (default $PORTRAITFORGE_HOME/models)")
     mask: Literal["hull", "features"] = Field("hull", description="hull: whole face; features: eyes/nose/mouth")
     feather: float = Field(0.05, ge=0.0, le=0.5, description="mask feather, fraction of face height")
     color_transfer: bool = True
-    blend: Literal["poisson", "poisson-mixed", "multiband", "feather"] = "poisson"
+    blend: Literal["poisson", "poisson-mixed", "multiband", "feather"] = Field(
+        "multiband", description="multiband (Laplacian pyramid, default), poisson, poisson-mixed or feather"
+    )
     smoothing: float = Field(0.0, ge=0.0, le=1.0)
     brightness: float = Field(0.0, ge=-1.0, le=1.0)
     contrast: float = Field(0.0, ge=-1.0, le=1.0)
     saturation: float = Field(0.0, ge=-1.0, le=1.0)
     resolution: str = Field("original", description="original, 512, 1024, 2048 or WxH")
     fit: Literal["pad", "crop", "stretch"] = "pad"
-    upscaler: str = Field("none", description="none, lanczos (Real-ESRGAN names when installed)")
+    upscaler: str = Field(
+        "none",
+        description="none, lanczos, realesrgan-x4plus (embedded), realesrgan-x4plus-anime, realesr-animevideov3, "
+        "or a path to a spandrel-loadable .pth/.safetensors",
+    )
     crop_margin: float = Field(0.45, ge=0.2, le=1.5, description="context around the aligned face crop")
     max_crop: int = Field(512, ge=128, le=4096, description="largest aligned face crop in pixels")
     detect_max_side: int = Field(640, ge=128, le=4096, description="detector works on a copy this large")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard")
     max_identity_distance: float = Field(0.6, gt=0.0, description="LOW_QUALITY above this")
-    max_seam_score: float = Field(2.5, gt=0.0)
-    min_sharpness_ratio: float = Field(0.35, ge=0.0)
+    max_seam_score: float = Field(2.5, gt=0.0, description="LOW_QUALITY above this edge gradient jump (1 = none)")
+    min_sharpness_ratio: float = Field(
+        0.1, ge=0.0, description="LOW_QUALITY when the face has less than this share of the target's sharpness"
+    )
 
     @field_validator("resolution")
     @classmethod
     def _check_resolution(cls, value: str) -> str:
         Resolution.parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_engine_pairing(self) -> RefineConfig:
+        # Identities never cross embedding spaces, and each engine needs what its analyzer gives.
+        if self.swap_engine == "landmark" and self.analyzer == "insightface":
+            raise ValueError("the landmark swap engine needs dlib's 68 landmarks: use analyzer dlib (or auto)")
+        if self.swap_engine == "inswapper" and self.analyzer == "dlib":
+            raise ValueError("the inswapper engine needs ArcFace embeddings: use analyzer insightface (or auto)")
+        if self.gender != "any" and self.analyzer == "dlib":
+            raise ValueError("gender selection needs the insightface analyzer (genderage model)")
+        return self
+
+    @property
+    def resolved_analyzer(self) -> Literal["auto", "dlib", "insightface"]:
+        """`auto` follows the swap engine: the engine decides which embedding space is usable."""
+        if self.analyzer != "auto":
+            return self.analyzer
+        return "insightface" if self.swap_engine == "inswapper" else "dlib"
 
     @property
     def parsed_resolution(self) -> Resolution:

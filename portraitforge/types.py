@@ -134,10 +134,12 @@ class FaceReport:
     detection_score: float
     landmarks_confidence: float
     quality: FaceQuality | None = None
+    identity: str | None = None  # which identity this face became (per-face mappings differ)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "index": self.index,
+            "identity": self.identity,
             "box": [round(v, 1) for v in self.box],
             "detection_score": round(self.detection_score, 4),
             "landmarks_confidence": round(self.landmarks_confidence, 4),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,19 @@ from portraitforge.types import Identity
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "faces"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Models caches, identity store and run logs go to a temporary home, never the user's."""
+    home = tmp_path_factory.mktemp("portraitforge-home")
+    previous = os.environ.get("PORTRAITFORGE_HOME")
+    os.environ["PORTRAITFORGE_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("PORTRAITFORGE_HOME", None)
+    else:
+        os.environ["PORTRAITFORGE_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -208,10 +208,6 @@ def test_happy_path_appends_one_run_log_line(happy: Run) -> None:
     assert record == happy.json_reports()[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="imageio.write_bytes_atomic keeps tempfile.mkstemp's 0600 mode: outputs ignore the umask",
-)
 def test_output_file_mode_follows_umask(happy: Run) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -255,15 +251,7 @@ def test_output_format_follows_extension(
         (["--resolution", "1024"], (1024, 1024)),
         (["--resolution", "512x300", "--fit", "crop"], (512, 300)),
         (["--resolution", "512x300", "--fit", "pad"], (512, 300)),
-        pytest.param(
-            ["--resolution", "512x300", "--fit", "stretch"],
-            (512, 300),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="refine.py detects faces on the already stretched frame (scale_for_output stretches before "
-                "detect); squashed to 0.59 of its height the astronaut's face is not found -> exit 4, no output",
-            ),
-        ),
+        (["--resolution", "512x300", "--fit", "stretch"], (512, 300)),
     ],
     ids=["1024", "512x300-crop", "512x300-pad", "512x300-stretch"],
 )
@@ -464,12 +452,6 @@ def test_bad_input_reported_per_file(bad_run: tuple, name: str) -> None:
         assert message and fragment in message, run.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli_swap.py: the tqdm bar (file=None -> stderr, shown for >1 file even when stderr is not a TTY) "
-    "is not newline-terminated and typer.echo is not tqdm.write, so per-file messages are glued onto "
-    "bar lines ('swap:   0%|...| 0/12 [...]error: ...')",
-)
 def test_bad_input_messages_each_start_a_line(bad_run: tuple) -> None:
     run, paths, _ = bad_run
     lines = run.stderr.splitlines()
@@ -478,11 +460,6 @@ def test_bad_input_messages_each_start_a_line(bad_run: tuple) -> None:
             assert any(line.startswith(f"error: {path}: ") for line in lines), (name, run.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli_swap.py prints 'error: {target}: {message}' but load_image's messages already start with the "
-    "path: 'error: /x/empty.png: /x/empty.png: file is empty'",
-)
 def test_bad_input_message_names_the_file_once(bad_run: tuple) -> None:
     run, paths, _ = bad_run
     assert _message_for(run.stderr, paths["empty.png"]) == "file is empty"
@@ -536,11 +513,6 @@ def test_invalid_parameter_is_usage_error(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="click/typer type errors (e.g. --strength abc) print a multi-line rich 'Usage ... Error' box, "
-    "although cli.py promises one line per failure",
-)
 def test_unparsable_option_is_one_line_usage_error(
     env: dict[str, str], tmp_path: Path, astronaut_png: Path, identity_png: Path
 ) -> None:
@@ -549,11 +521,6 @@ def test_unparsable_option_is_one_line_usage_error(
     assert "strength" in one_error_line(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli_swap/refine_files.output_path_for treats '-o out.gif' (unsupported extension) as a folder: "
-    "creates out.gif/ and writes out.gif/astronaut.png with exit 0",
-)
 def test_unsupported_output_extension_is_rejected(
     env: dict[str, str], tmp_path: Path, astronaut_png: Path, identity_png: Path
 ) -> None:

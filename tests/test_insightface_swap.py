@@ -367,12 +367,15 @@ def test_build_swapper(tmp_path: Path, paths: dict[str, Path], pool: OnnxSession
 
 
 def test_refine_pipeline_runs_with_insightface_and_inswapper(paths: dict[str, Path], pool: OnnxSessionPool) -> None:
-    """The lead's RefinePipeline with both stages swapped in (no config change needed): ArcFace identity in,
-    ArcFace identity distance graded, only a face-sized region of the frame touched."""
+    """RefinePipeline built from its stages with the insightface analyzer and inswapper engine: ArcFace identity
+    in, ArcFace identity distance graded, only a face-sized region of the frame touched."""
     from onnx_fixtures import make_genderage, make_scrfd
 
     from portraitforge.config import RefineConfig
     from portraitforge.pipelines.refine import RefinePipeline
+    from portraitforge.refiners.adjust import FaceAdjuster
+    from portraitforge.refiners.blend import FaceBlender
+    from portraitforge.refiners.upscale import NoUpscaler
 
     d = paths["swap"].parent
     analyzer = InsightFaceAnalyzer(
@@ -381,7 +384,14 @@ def test_refine_pipeline_runs_with_insightface_and_inswapper(paths: dict[str, Pa
         )
     )
     swapper = InswapperSwapper(model=InswapperModel.from_file(paths["swap"], pool), embedder=analyzer)
-    pipe = replace(RefinePipeline.from_config(RefineConfig(strength=0.8), analyzer=analyzer), swapper=swapper)
+    pipe = RefinePipeline(
+        analyzer=analyzer,
+        swapper=swapper,
+        upscaler=NoUpscaler(),
+        adjuster=FaceAdjuster(),
+        blender=FaceBlender(),
+        config=RefineConfig(analyzer="insightface", swap_engine="inswapper", strength=0.8),
+    )
     target = np.ascontiguousarray(skimage.data.astronaut())
     identity = pipe.identity_from_image(np.ascontiguousarray(target[:, ::-1]), "mirror")
     assert list(identity.embeddings) == [ARCFACE_SPACE]

@@ -10,7 +10,8 @@ from portraitforge.refiners.base import FaceAnalyzer
 from portraitforge.types import Identity, ImageRGB
 
 REFERENCE_MARGIN = 0.45
-REFERENCE_MIN, REFERENCE_MAX = 256, 512
+# Native resolution (no upsampling): the pipeline's upscaler enlarges small references when it is set.
+REFERENCE_MIN, REFERENCE_MAX = 128, 512
 
 
 def identity_from_image(analyzer: FaceAnalyzer, image: ImageRGB, name: str, source: str | None = None) -> Identity:

@@ -6,8 +6,9 @@ stages; calling the pipeline has no side effects beyond its return value.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,18 +17,21 @@ import numpy as np
 
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.identity import identity_from_image
-from portraitforge.errors import BadInputError, NoFaceError, PortraitForgeError
+from portraitforge.embeddings_cache.resolve import assign_by_nearest
+from portraitforge.errors import BadInputError, NoFaceError, ParameterError, PortraitForgeError
+from portraitforge.models.onnx_runtime import OnnxSessionPool
+from portraitforge.models.store import ModelStore
 from portraitforge.refiners.adjust import FaceAdjuster
-from portraitforge.refiners.align import align_face, invert_affine, native_crop_size, transform_points
+from portraitforge.refiners.align import align_face, native_crop_size, transform_points, upscale_matrix
 from portraitforge.refiners.base import FaceAnalyzer, Swapper, Upscaler
 from portraitforge.refiners.blend import FaceBlender
 from portraitforge.refiners.detect import DlibFaceAnalyzer, select_faces
 from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_mask_to_frame
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
 from portraitforge.refiners.swap import LandmarkSwapper
+from portraitforge.refiners.swap_inswapper import ARCFACE_SPACE, build_swapper
 from portraitforge.refiners.upscale import build_upscaler
 from portraitforge.types import (
-    AlignedCrop,
     Face,
     FaceQuality,
     FaceReport,
@@ -55,6 +59,10 @@ class StageTimer:
             self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
 
 
+IdentityArg = Identity | Mapping[int, Identity] | Sequence[Identity]
+"""One identity for every selected face; `{face_index: identity}`; or a list assigned to faces by nearest embedding."""
+
+
 @dataclass
 class RefinePipeline:
     analyzer: FaceAnalyzer
@@ -63,15 +71,42 @@ class RefinePipeline:
     adjuster: FaceAdjuster
     blender: FaceBlender
     config: RefineConfig = field(default_factory=RefineConfig)
+    # Landmark engine: the identity's reference crop enlarged once by `upscaler`, per identity.
+    _reference_cache: dict[tuple[str, str], tuple[ImageRGB, FloatArray]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @classmethod
-    def from_config(cls, config: RefineConfig | None = None, analyzer: FaceAnalyzer | None = None) -> RefinePipeline:
-        """Build every stage from a config. Pass `analyzer` to share loaded models between pipelines."""
+    def from_config(
+        cls,
+        config: RefineConfig | None = None,
+        analyzer: FaceAnalyzer | None = None,
+        model_store: ModelStore | None = None,
+        onnx_pool: OnnxSessionPool | None = None,
+    ) -> RefinePipeline:
+        """Build every stage from a config; this is the one place models are loaded.
+
+        Pass `analyzer` (and `onnx_pool`) to share loaded models between pipelines.
+        """
         cfg = config or RefineConfig()
+        upscaler = build_upscaler(cfg.upscaler)
+        store = model_store if model_store is not None else ModelStore.from_dir(cfg.models_dir)
+        pool = onnx_pool if onnx_pool is not None else OnnxSessionPool()
+        if analyzer is None:
+            analyzer = _load_analyzer(cfg, store, pool)
+        if cfg.swap_engine == "inswapper":
+            if analyzer.embedding_space != ARCFACE_SPACE:
+                raise ParameterError("the inswapper engine needs an ArcFace analyzer (analyzer: insightface)")
+            # The inswapper stage applies the upscaler itself, in its measured order (see swap_order).
+            swapper: Swapper = build_swapper(cfg, store, pool, upscaler=upscaler, embedder=analyzer)
+        else:
+            if analyzer.embedding_space == ARCFACE_SPACE:
+                raise ParameterError("the landmark swap engine needs the dlib analyzer (68 landmarks)")
+            swapper = LandmarkSwapper(mask_shape=cfg.mask, feather=cfg.feather, color_transfer=cfg.color_transfer)
         return cls(
-            analyzer=analyzer or DlibFaceAnalyzer.load(detect_max_side=cfg.detect_max_side),
-            swapper=LandmarkSwapper(mask_shape=cfg.mask, feather=cfg.feather, color_transfer=cfg.color_transfer),
-            upscaler=build_upscaler(cfg.upscaler),
+            analyzer=analyzer,
+            swapper=swapper,
+            upscaler=upscaler,
             adjuster=FaceAdjuster(
                 smoothing=cfg.smoothing, brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation
             ),
@@ -80,8 +115,13 @@ class RefinePipeline:
         )
 
     def with_config(self, config: RefineConfig) -> RefinePipeline:
-        """Same loaded models, new parameters (cheap: no model is reloaded)."""
-        return RefinePipeline.from_config(config, analyzer=self.analyzer)
+        """New parameters, same loaded analyzer when it still fits (cheap: no model is reloaded)."""
+        analyzer: FaceAnalyzer | None = None
+        if config.resolved_analyzer == self.analyzer.name:
+            analyzer = self.analyzer
+            if isinstance(analyzer, DlibFaceAnalyzer) and analyzer.detect_max_side != config.detect_max_side:
+                analyzer = replace(analyzer, detect_max_side=config.detect_max_side)
+        return RefinePipeline.from_config(config, analyzer=analyzer)
 
     def identity_from_image(self, image: ImageRGB, name: str = "identity", source: str | None = None) -> Identity:
         return identity_from_image(self.analyzer, image, name, source)
@@ -95,15 +135,16 @@ class RefinePipeline:
     def __call__(
         self,
         target: ImageRGB,
-        identity: Identity,
+        identity: IdentityArg,
         reference_embedding: FloatArray | None = None,
     ) -> RefineResult:
+        """Refine `target` (RGB uint8). Never raises for bad input: the report carries status and message."""
         timer = StageTimer()
         report = RefineReport(
             status=Status.OK,
             message="",
-            identity=identity.name,
-            identity_cache_hit=identity.cache_hit,
+            identity=identity_label(identity),
+            identity_cache_hit=all_identities(identity) != [] and all(i.cache_hit for i in all_identities(identity)),
             parameters=self.params(),
         )
         report.timings_ms = timer.timings_ms
@@ -120,7 +161,7 @@ class RefinePipeline:
     def _refine(
         self,
         target: ImageRGB,
-        identity: Identity,
+        identity: IdentityArg,
         reference_embedding: FloatArray | None,
         timer: StageTimer,
         report: RefineReport,
@@ -129,11 +170,15 @@ class RefinePipeline:
         if not isinstance(target, np.ndarray) or target.ndim != 3 or target.shape[2] != 3 or target.dtype != np.uint8:
             raise BadInputError("target must be an RGB uint8 array of shape HxWx3")
         space = self.analyzer.embedding_space
-        if space not in identity.embeddings:
-            raise BadInputError(
-                f"identity '{identity.name}' has no '{space}' embedding (it has: {', '.join(identity.embeddings)})"
-            )
-        identity_vec = identity.embeddings[space]
+        identities = all_identities(identity)
+        if not identities:
+            raise BadInputError("no identity given")
+        for ident in identities:
+            if space not in ident.embeddings:
+                raise BadInputError(
+                    f"identity '{ident.name}' has no '{space}' embedding (it has: {', '.join(ident.embeddings)}); "
+                    f"rebuild it with the {self.analyzer.name} analyzer"
+                )
         resolution = cfg.parsed_resolution
 
         with timer("resize"):
@@ -143,38 +188,67 @@ class RefinePipeline:
         if not faces:
             raise _no_face()
         with timer("select"):
-            if cfg.select == "reference":
-                faces = [replace(f, embedding=self.analyzer.embed(frame, f)) for f in faces]
-            chosen = select_faces(faces, cfg.select, cfg.face_index, reference_embedding, self.analyzer.distance)
+            assignment = self._assign(frame, faces, identity, reference_embedding)
+        if not assignment:
+            raise NoFaceError(f"none of the {len(faces)} detected face(s) matches the face mapping")
+        if isinstance(identity, Mapping):
+            missing = sorted(set(identity) - set(assignment))
+            if missing:
+                report.warnings.append(f"face(s) {missing} of the mapping not found ({len(faces)} face(s) detected)")
         original = frame
         result = frame.copy()
         problems: list[str] = []
-        for face in chosen:
-            index = next(i for i, f in enumerate(faces) if f is face)
+        for index, ident in sorted(assignment.items()):
+            face = faces[index]
             face_report = FaceReport(
                 index=index,
                 box=[float(v) for v in face.box],
                 detection_score=face.score,
                 landmarks_confidence=face.landmarks_confidence,
+                identity=ident.name,
             )
             report.faces.append(face_report)
             if cfg.strength == 0.0:
                 continue  # strength 0 gives the target back untouched
-            result, frame_mask = self._refine_face(result, face, identity, timer)
+            result, frame_mask = self._refine_face(result, face, ident, timer)
             with timer("grade"):
-                quality = self._grade(result, original, face, frame_mask, identity_vec)
+                quality = self._grade(result, original, face, frame_mask, ident.embeddings[space])
             face_report.quality = quality
             thresholds = QualityThresholds(cfg.max_identity_distance, cfg.max_seam_score, cfg.min_sharpness_ratio)
             problems += [f"face {index}: {p}" for p in thresholds.problems(quality, face.landmarks_confidence)]
         with timer("resize"):
             result = fit_to_box(result, resolution, cfg.fit)
-        n = len(chosen)
+        n = len(assignment)
         if problems:
             report.status = Status.LOW_QUALITY
             report.message = f"refined {n} of {len(faces)} face(s) with low quality: {'; '.join(problems)}"
         else:
-            report.message = f"refined {n} of {len(faces)} face(s) toward '{identity.name}'"
+            report.message = f"refined {n} of {len(faces)} face(s) toward '{report.identity}'"
         return result
+
+    def _assign(
+        self,
+        frame: ImageRGB,
+        faces: list[Face],
+        identity: IdentityArg,
+        reference_embedding: FloatArray | None,
+    ) -> dict[int, Identity]:
+        """Which face becomes which identity, by face index (reading order)."""
+        cfg = self.config
+        if isinstance(identity, Identity):
+            if cfg.select == "reference":
+                faces[:] = [replace(f, embedding=self.analyzer.embed(frame, f)) for f in faces]
+            chosen = select_faces(faces, cfg.select, cfg.face_index, reference_embedding, self.analyzer.distance)
+            return {next(i for i, f in enumerate(faces) if f is face): identity for face in chosen}
+        if isinstance(identity, Mapping):
+            return {i: ident for i, ident in identity.items() if 0 <= i < len(faces)}
+        # A list: each identity goes to the face most like it (one face per identity).
+        space = self.analyzer.embedding_space
+        faces[:] = [
+            f if f.embedding is not None else replace(f, embedding=self.analyzer.embed(frame, f)) for f in faces
+        ]
+        embeddings = [f.embedding for f in faces if f.embedding is not None]
+        return assign_by_nearest(embeddings, list(identity), space, self.analyzer.distance)
 
     def _refine_face(
         self, frame: ImageRGB, face: Face, identity: Identity, timer: StageTimer
@@ -184,7 +258,7 @@ class RefinePipeline:
             size = native_crop_size(face.kps5, cfg.crop_margin, maximum=cfg.max_crop)
             crop = align_face(frame, face.kps5, size, cfg.crop_margin)
         with timer("upscale"):
-            crop = self._upscale(crop)
+            identity = self._identity_for_crop(identity, crop.size)
         landmarks = face.landmarks68 if face.landmarks68 is not None else face.kps5
         face_in_crop = replace(
             face,
@@ -200,13 +274,23 @@ class RefinePipeline:
         frame_mask = warp_mask_to_frame(swapped.mask, crop.inverse, frame.shape)
         return blended, frame_mask
 
-    def _upscale(self, crop: AlignedCrop) -> AlignedCrop:
-        if self.upscaler.scale == 1:
-            return crop
-        image = self.upscaler(crop.image)
-        s = image.shape[0] / crop.image.shape[0]
-        matrix = (crop.matrix * s).astype(np.float32)
-        return AlignedCrop(image=image, matrix=matrix, inverse=invert_affine(matrix))
+    def _identity_for_crop(self, identity: Identity, crop_size: int) -> Identity:
+        """The landmark engine paints the identity's reference pixels into the target, so the reference crop is
+        what the upscaler enlarges (once per identity), when it is smaller than the target face crop. Enlarging
+        the target crop instead would only sharpen pixels the swap replaces. The inswapper engine upscales the
+        target crop itself (see `swap_order`)."""
+        if self.upscaler.scale == 1 or self.config.swap_engine != "landmark":
+            return identity
+        reference = identity.reference_crop
+        if reference.shape[0] >= crop_size:
+            return identity
+        key = (identity.name, hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest())
+        if key not in self._reference_cache:
+            enlarged = self.upscaler(reference)
+            matrix = upscale_matrix(enlarged.shape[0] / reference.shape[0])
+            self._reference_cache[key] = (enlarged, transform_points(identity.reference_landmarks68, matrix))
+        image, landmarks = self._reference_cache[key]
+        return replace(identity, reference_crop=image, reference_landmarks68=landmarks)
 
     def _grade(
         self, result: ImageRGB, original: ImageRGB, face: Face, frame_mask: np.ndarray, identity_vec: FloatArray
@@ -229,6 +313,31 @@ class RefinePipeline:
             identity_distance=self.analyzer.distance(result_vec, identity_vec),
             original_distance=self.analyzer.distance(result_vec, original_vec),
         )
+
+
+def all_identities(identity: IdentityArg) -> list[Identity]:
+    if isinstance(identity, Identity):
+        return [identity]
+    if isinstance(identity, Mapping):
+        return list(identity.values())
+    return list(identity)
+
+
+def identity_label(identity: IdentityArg) -> str:
+    if isinstance(identity, Identity):
+        return identity.name
+    if isinstance(identity, Mapping):
+        return ",".join(f"{i}={ident.name}" for i, ident in sorted(identity.items()))
+    return ",".join(ident.name for ident in identity)
+
+
+def _load_analyzer(cfg: RefineConfig, store: ModelStore, pool: OnnxSessionPool) -> FaceAnalyzer:
+    if cfg.resolved_analyzer == "insightface":
+        from portraitforge.refiners.detect_insightface import InsightFaceAnalyzer
+
+        gender = None if cfg.gender == "any" else cfg.gender
+        return InsightFaceAnalyzer.load(store=store, pool=pool, gender=gender)
+    return DlibFaceAnalyzer.load(descriptor_backend=cfg.descriptor_backend, detect_max_side=cfg.detect_max_side)
 
 
 def _no_face() -> PortraitForgeError:

@@ -10,8 +10,8 @@ from typing import Any
 
 from portraitforge.errors import BadInputError, PortraitForgeError
 from portraitforge.imageio import OUTPUT_FORMATS, load_image, save_image
-from portraitforge.pipelines.refine import RefinePipeline
-from portraitforge.types import FloatArray, Identity, RefineReport, Status
+from portraitforge.pipelines.refine import IdentityArg, RefinePipeline, all_identities, identity_label
+from portraitforge.types import FloatArray, RefineReport, Status
 
 
 def software_versions() -> dict[str, str]:
@@ -38,6 +38,8 @@ def output_path_for(target: Path, out: Path, many: bool, fmt: str | None) -> Pat
         if fmt and OUTPUT_FORMATS[out.suffix.lower()] != OUTPUT_FORMATS.get(f".{fmt}", ""):
             raise BadInputError(f"--format {fmt} contradicts the output file extension '{out.suffix}'")
         return out
+    if not many and out.suffix and not out.is_dir():
+        raise BadInputError(f"{out}: unsupported output extension '{out.suffix}' (use .png, .jpg or .webp)")
     suffix = f".{fmt or 'png'}"
     if suffix not in OUTPUT_FORMATS:
         raise BadInputError(f"unsupported output format '{fmt}' (use png, jpg or webp)")
@@ -47,7 +49,7 @@ def output_path_for(target: Path, out: Path, many: bool, fmt: str | None) -> Pat
 def refine_file(
     pipe: RefinePipeline,
     target: Path,
-    identity: Identity,
+    identity: IdentityArg,
     output: Path,
     jpeg_quality: int = 95,
     extra_metadata: dict[str, Any] | None = None,
@@ -56,6 +58,7 @@ def refine_file(
     """Refine one image file. Writes `output` only on success (OK or LOW_QUALITY); never partially."""
     start = time.perf_counter()
     report: RefineReport
+    label = identity_label(identity)
     try:
         if output.resolve() == target.resolve():
             raise BadInputError(f"{output}: refusing to overwrite the input image")
@@ -69,8 +72,8 @@ def refine_file(
             if loaded.alpha is not None and result.image.shape[:2] == loaded.alpha.shape:
                 alpha = loaded.alpha  # only kept when the geometry is unchanged
             metadata = {
-                "identity": identity.name,
-                "identity_sources": identity.sources,
+                "identity": label,
+                "identity_sources": sorted({src for i in all_identities(identity) for src in i.sources}),
                 "input": target.name,
                 "parameters": pipe.params(),
                 "stages": {s.name: s.params() for s in pipe.stages()},
@@ -82,9 +85,9 @@ def refine_file(
             report.timings_ms["save"] = (time.perf_counter() - save_start) * 1e3
             report.output_path = str(output)
     except PortraitForgeError as exc:
-        report = RefineReport(status=exc.status, message=exc.message, identity=identity.name)
+        report = RefineReport(status=exc.status, message=exc.message, identity=label)
     except MemoryError:
-        report = RefineReport(status=Status.OUT_OF_MEMORY, message="out of memory", identity=identity.name)
+        report = RefineReport(status=Status.OUT_OF_MEMORY, message="out of memory", identity=label)
     report.input_path = str(target)
     report.timings_ms["total"] = (time.perf_counter() - start) * 1e3
     return report

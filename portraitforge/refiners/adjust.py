@@ -41,8 +41,9 @@ class FaceAdjuster:
         out = image.astype(np.float32)
         a = np.clip(mask, 0, 1).astype(np.float32)[..., None]
         if self.smoothing > 0:
-            diameter = max(5, int(np.sqrt(float((mask > 0.5).sum())) * 0.03) | 1)
-            smooth = cv2.bilateralFilter(image, diameter, 30, diameter * 1.5).astype(np.float32)
+            # Edge-preserving: pores and blemishes (small contrast) go, eyes, brows and lips (large) stay.
+            diameter = max(5, int(np.sqrt(float((mask > 0.5).sum())) * 0.05) | 1)
+            smooth = cv2.bilateralFilter(image, diameter, 40, diameter * 1.5).astype(np.float32)
             out = out + (smooth - out) * a * float(self.smoothing)
         if self.brightness or self.contrast or self.saturation:
             lab = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)

@@ -88,3 +88,10 @@ def native_crop_size(kps5: FloatArray, margin: float, minimum: int = 128, maximu
     size = scale * 112.0 * (1.0 + 2.0 * margin)
     size = int(np.clip(size, minimum, maximum))
     return max(minimum, (size + 15) // 16 * 16)
+
+
+def upscale_matrix(factor: float) -> np.ndarray:
+    """Pixel coordinates before -> after an `factor`x enlargement that keeps pixel *centres* aligned
+    (cv2.resize, and the nearest/pixel-shuffle upsampling of ESRGAN-style nets): x' = f x + (f - 1) / 2."""
+    shift = (factor - 1.0) / 2.0
+    return np.array([[factor, 0.0, shift], [0.0, factor, shift]], np.float64)

@@ -91,7 +91,7 @@ def laplacian_blend(src: np.ndarray, dst: np.ndarray, alpha: np.ndarray, levels:
 
 @dataclass
 class FaceBlender:
-    mode: BlendMode = "poisson"
+    mode: BlendMode = "multiband"
     # Poisson boundary sits where the feathered mask crosses this level: deep enough inside the face
     # that it runs over target skin, not hair or background, which would bleed inwards.
     poisson_support: float = 0.5

@@ -67,8 +67,8 @@ def scale_for_output(image: ImageRGB, resolution: Resolution, fit: FitMode = "pa
         s = resolution.long_side / max(h, w)
     elif resolution.box:
         bw, bh = resolution.box
-        if fit == "stretch":
-            return _resize(image, bw, bh)
+        # stretch: refine at a uniform scale (a squashed face is neither detected nor swapped well),
+        # then `fit_to_box` stretches the finished image.
         s = max(bw / w, bh / h) if fit == "crop" else min(bw / w, bh / h)
     else:
         return image
@@ -81,13 +81,15 @@ def scale_for_output(image: ImageRGB, resolution: Resolution, fit: FitMode = "pa
 
 
 def fit_to_box(image: np.ndarray, resolution: Resolution, fit: FitMode = "pad") -> np.ndarray:
-    """Step 2, after refining: centre-crop or reflect-pad to the exact box (no-op otherwise)."""
+    """Step 2, after refining: centre-crop, reflect-pad or stretch to the exact box (no-op otherwise)."""
     if not resolution.box:
         return image
     bw, bh = resolution.box
     h, w = image.shape[:2]
     if (w, h) == (bw, bh):
         return image
+    if fit == "stretch":
+        return _resize(image, bw, bh)
     if fit == "crop" or (w >= bw and h >= bh):
         y0, x0 = max(0, (h - bh) // 2), max(0, (w - bw) // 2)
         image = np.ascontiguousarray(image[y0 : y0 + bh, x0 : x0 + bw])

@@ -118,12 +118,14 @@ def lab_color_transfer(
         return source
     s_mean, s_std = src_lab[s_sel].mean(0), src_lab[s_sel].std(0) + 1e-3
     r_mean, r_std = ref_lab[r_sel].mean(0), ref_lab[r_sel].std(0) + 1e-3
-    # Bound the contrast change so a shadowed or tiny skin region cannot blow the face out.
-    ratio = np.clip(r_std / s_std, 0.5, 2.0)
+    # Bound the contrast change. Lightness only gets a mild one: its spread in the skin region is mostly
+    # shading, which `lighting_transfer` matches locally; a strong global squash would wash out eyes and brows.
+    ratio = np.clip(r_std / s_std, [0.8, 0.5, 0.5], [1.25, 2.0, 2.0])
     out = (src_lab - s_mean) * ratio + r_mean
     if max(s_std[1], s_std[2]) < GRAY_CHROMA_STD:
-        # A grayscale identity photo has no chroma to match: keep the target's own colour.
-        out[..., 1:] = ref_lab[..., 1:]
+        # A grayscale identity photo has no chroma to match: give it the target's mean skin colour
+        # (per-pixel target chroma would print the target's own eyes and lips through it).
+        out[..., 1:] = r_mean[1:]
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
@@ -204,7 +206,9 @@ class LandmarkSwapper:
         if self.color_transfer:
             warped = lab_color_transfer(warped, crop.image, warped_skin, target_skin)
             eye_distance = float(np.linalg.norm(target_lm[LEFT_EYE].mean(0) - target_lm[RIGHT_EYE].mean(0)))
-            warped = lighting_transfer(warped, crop.image, mask_u8, sigma=max(2.0, 0.35 * eye_distance))
+            # Skin only: eye sockets, brows and lips differ between people and must not set the gain.
+            skin_both = cv2.bitwise_and(warped_skin, target_skin)
+            warped = lighting_transfer(warped, crop.image, skin_both, sigma=max(2.0, 0.35 * eye_distance))
 
         mask = mask_u8.astype(np.float32) / 255.0
         if strength < 1.0:

@@ -31,6 +31,7 @@ from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import INSWAPPER_128
 from portraitforge.models.store import ModelStore
+from portraitforge.refiners.align import upscale_matrix
 from portraitforge.refiners.base import Upscaler
 from portraitforge.refiners.detect_insightface import ARCFACE_SPACE, _quiet, norm_matrix
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
@@ -153,13 +154,6 @@ def aligned_mask(size: int, kind: MaskKind = "box", blur: float = 0.3, padding: 
     depth = cv2.distanceTransform(shape, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     t = np.clip(depth / fade, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-
-
-def upscale_matrix(factor: float) -> np.ndarray:
-    """Pixel coordinates before -> after an `factor`x enlargement that keeps pixel *centres* aligned
-    (cv2.resize, and the nearest/pixel-shuffle upsampling of ESRGAN-style nets): x' = f x + (f - 1) / 2."""
-    shift = (factor - 1.0) / 2.0
-    return np.array([[factor, 0.0, shift], [0.0, factor, shift]], np.float64)
 
 
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
