@@ -78,7 +78,9 @@ def run_demo(folder: Path, pipe: RefinePipeline | None = None) -> DemoOutput:
     files.append(save_image(folder / "strength_sweep.png", np.concatenate(tiles, axis=1)))
 
     group = load_image(insightface_image("t1.jpg")).rgb
-    all_faces = pipe.with_config(RefineConfig(**{**pipe.config.model_dump(), "select": "all"}))(group, identity)
+    # Full-resolution detection: HOG misses t1.jpg's two smallest faces on the default 640 px copy.
+    group_cfg = RefineConfig(**{**pipe.config.model_dump(), "select": "all", "detect_max_side": 1280})
+    all_faces = pipe.with_config(group_cfg)(group, identity)
     if all_faces.image is not None:
         files.append(save_image(folder / "group_all_faces.png", all_faces.image))
 

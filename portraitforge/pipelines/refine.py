@@ -71,6 +71,7 @@ class RefinePipeline:
     adjuster: FaceAdjuster
     blender: FaceBlender
     config: RefineConfig = field(default_factory=RefineConfig)
+    onnx_pool: OnnxSessionPool | None = None  # shared ONNX sessions (insightface/inswapper), reused by with_config
     # Landmark engine: the identity's reference crop enlarged once by `upscaler`, per identity.
     _reference_cache: dict[tuple[str, str], tuple[ImageRGB, FloatArray]] = field(
         default_factory=dict, init=False, repr=False
@@ -112,6 +113,7 @@ class RefinePipeline:
             ),
             blender=FaceBlender(mode=cfg.blend),
             config=cfg,
+            onnx_pool=pool,
         )
 
     def with_config(self, config: RefineConfig) -> RefinePipeline:
@@ -121,7 +123,7 @@ class RefinePipeline:
             analyzer = self.analyzer
             if isinstance(analyzer, DlibFaceAnalyzer) and analyzer.detect_max_side != config.detect_max_side:
                 analyzer = replace(analyzer, detect_max_side=config.detect_max_side)
-        return RefinePipeline.from_config(config, analyzer=analyzer)
+        return RefinePipeline.from_config(config, analyzer=analyzer, onnx_pool=self.onnx_pool)
 
     def identity_from_image(self, image: ImageRGB, name: str = "identity", source: str | None = None) -> Identity:
         return identity_from_image(self.analyzer, image, name, source)
