@@ -220,7 +220,7 @@ class LandmarkSwapper:
         self, size: int, landmarks: FloatArray, keep_mouth_of: FloatArray | None, skin_like: np.ndarray | None
     ) -> np.ndarray:
         scale = face_scale(landmarks)
-        features = np.zeros((size, size), np.uint8)
+        features: np.ndarray = np.zeros((size, size), np.uint8)
         for idx in (LEFT_EYE + BROWS[:5], RIGHT_EYE + BROWS[5:], NOSE + [31, 35], OUTER_LIPS):
             features |= _poly_mask(size, landmarks[idx])
         k = max(3, int(scale * 0.12) | 1)
