@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from portraitforge.cli_common import fail, one_line_errors, stderr_is_tty
 from portraitforge.config import RefineConfig
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import ParameterError
 from portraitforge.imageio import save_image
 from portraitforge.paths import default_log_path
@@ -173,6 +174,8 @@ def generate(
         Path | None, typer.Option(help="JSON-lines run log (default: $PORTRAITFORGE_HOME/logs/runs.jsonl).")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 7 when any result is LOW_QUALITY.")] = False,
+    store_dir: Annotated[Path | None, typer.Option("--store", help="Identity store directory.")] = None,
+    require_consent: Annotated[bool, typer.Option(help="Refuse identities without a consent record.")] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Step progress bar (on a terminal).")
     ] = True,
@@ -223,7 +226,12 @@ def generate(
                 identity,
                 require_face,
             )
-            resolved = pipe.load_identity(identity) if identity is not None else None
+            store = IdentityStore(store_dir, require_consent=require_consent)
+            resolved = (
+                pipe.load_identity(identity, store=store, require_consent=require_consent)
+                if identity is not None
+                else None
+            )
             bar = _Bar(params.num_images * params.steps, enabled=progress and stderr_is_tty())
             records: list[dict[str, Any]] = []
             t1 = time.perf_counter()
@@ -231,6 +239,8 @@ def generate(
                 for result in pipe.iter_images(params, resolved, bar):
                     record = _write_result(result, output, refined=resolved is not None)
                     records.append(record)
+                    if resolved is not None and resolved.cache_hit and record["output"]:
+                        store.audit(resolved, "generate", record["output"])
                     written += sorted(
                         {a["draft"] for a in record["attempts"] if a["draft"]} | {record["output"]} - {None}
                     )

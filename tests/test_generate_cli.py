@@ -190,3 +190,24 @@ def test_pickle_checkpoint_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", "p", "-m", str(ckpt), "-o", str(tmp_path / "o")])
     assert result.exit_code == 3
     assert "pickle" in result.stderr
+
+
+def test_stored_identity_by_name_and_consent_gate(
+    tmp_path: Path, tiny_dir: Path, hanks_path: Path, analyzer: object
+) -> None:
+    """`--identity NAME` resolves from the store (a cache hit, no re-embedding); `--require-consent` refuses an
+    identity without a consent record before anything is drawn."""
+    from portraitforge.embeddings_cache.store import IdentityStore
+
+    store_dir = tmp_path / "store"
+    IdentityStore(store_dir).add("hanks", [hanks_path], analyzers=[analyzer])  # type: ignore[list-item]
+    common = ["generate", "p", "-m", str(tiny_dir), "-i", "hanks", "--store", str(store_dir), "--steps", "1"]
+    refused = CliRunner().invoke(app, [*common, "--require-consent", "-o", str(tmp_path / "refused")])
+    assert refused.exit_code == 3 and "consent" in refused.output
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.png"))
+
+    used = CliRunner().invoke(
+        app, [*common, "--retries", "0", "-o", str(tmp_path / "o"), "--json", "--log", str(tmp_path / "r.jsonl")]
+    )
+    assert used.exit_code == 4, used.output  # the tiny model draws noise: no face, but the name resolved
+    assert json.loads(used.stdout)["identity"] == "hanks"

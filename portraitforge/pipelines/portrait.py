@@ -25,6 +25,7 @@ import torch
 
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.resolve import resolve_identity
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import BadInputError, OutOfMemoryError, ParameterError, PortraitForgeError
 from portraitforge.models.diffusion import DiffusionModel, LoadOptions, LoraSpec, load_text2image
 from portraitforge.pipelines.refine import RefinePipeline
@@ -306,15 +307,22 @@ class PortraitPipeline:
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def load_identity(self, identity: Identity | str | Path | None) -> Identity | None:
-        """An `Identity` as is, or an image path / stored name resolved with the refiner's analyzer."""
+    def load_identity(
+        self,
+        identity: Identity | str | Path | None,
+        store: IdentityStore | None = None,
+        require_consent: bool = False,
+    ) -> Identity | None:
+        """An `Identity` as is, or an image path / stored name resolved with the refiner's analyzer.
+
+        `require_consent` refuses identities without a consent record (image paths never have one)."""
         if identity is None or isinstance(identity, Identity):
             if identity is not None and self.refiner is None:
                 raise BadInputError("an identity was given but the pipeline has no refiner")
             return identity
         if self.refiner is None:
             raise BadInputError("an identity was given but the pipeline has no refiner")
-        return resolve_identity(str(identity), self.refiner.analyzer)
+        return resolve_identity(str(identity), self.refiner.analyzer, store=store, require_consent=require_consent)
 
     def _attempt(
         self,
