@@ -55,6 +55,11 @@ class RefineConfig(BaseModel):
         description="none, lanczos, realesrgan-x4plus (embedded), realesrgan-x4plus-anime, realesr-animevideov3, "
         "or a path to a spandrel-loadable .pth/.safetensors",
     )
+    frame_upscaler: str = Field(
+        "none",
+        description="enlarge the whole frame with this upscaler (same names as upscaler) when the output "
+        "resolution is larger than the input, instead of plain Lanczos",
+    )
     crop_margin: float = Field(0.45, ge=0.2, le=1.5, description="context around the aligned face crop")
     max_crop: int = Field(512, ge=128, le=4096, description="largest aligned face crop in pixels")
     detect_max_side: int = Field(640, ge=128, le=4096, description="detector works on a copy this large")

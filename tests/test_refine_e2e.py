@@ -267,3 +267,19 @@ def test_identity_from_another_embedding_space_is_refused(
     result = pipeline(astronaut_rgb, arcface_only)
     assert result.report.status == Status.BAD_INPUT and result.image is None
     assert "dlib-128" in result.report.message
+
+
+def test_frame_upscaler_enlarges_the_whole_frame(
+    pipeline: RefinePipeline, astronaut_rgb: np.ndarray, t1_identity: Identity
+) -> None:
+    small = cv2.resize(astronaut_rgb, (256, 256), interpolation=cv2.INTER_AREA)
+    plain = pipeline.with_config(RefineConfig(resolution="512"))(small, t1_identity)
+    # SRVGG (realesr-animevideov3) is the embedded network that is fast enough for a test on CPU.
+    framed = pipeline.with_config(RefineConfig(resolution="512", frame_upscaler="realesr-animevideov3"))(
+        small, t1_identity
+    )
+    assert plain.image is not None and framed.image is not None
+    assert framed.image.shape == plain.image.shape == (512, 512, 3)
+    assert "upscale_frame" in framed.report.timings_ms and "upscale_frame" not in plain.report.timings_ms
+    corner = (slice(0, 60), slice(0, 60))  # far from the face: only the frame upscaler differs there
+    assert not np.array_equal(plain.image[corner], framed.image[corner])

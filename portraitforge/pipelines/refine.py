@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import cv2
 import numpy as np
 
 from portraitforge.config import RefineConfig
@@ -30,7 +31,7 @@ from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_m
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
 from portraitforge.refiners.swap import LandmarkSwapper
 from portraitforge.refiners.swap_inswapper import ARCFACE_SPACE, build_swapper
-from portraitforge.refiners.upscale import build_upscaler
+from portraitforge.refiners.upscale import NoUpscaler, build_upscaler, upscale_frame
 from portraitforge.types import (
     Face,
     FaceQuality,
@@ -71,6 +72,7 @@ class RefinePipeline:
     adjuster: FaceAdjuster
     blender: FaceBlender
     config: RefineConfig = field(default_factory=RefineConfig)
+    frame_upscaler: Upscaler = field(default_factory=NoUpscaler)  # whole-frame enlargement (output > input)
     onnx_pool: OnnxSessionPool | None = None  # shared ONNX sessions (insightface/inswapper), reused by with_config
     # Landmark engine: the identity's reference crop enlarged once by `upscaler`, per identity.
     _reference_cache: dict[tuple[str, str], tuple[ImageRGB, FloatArray]] = field(
@@ -113,6 +115,7 @@ class RefinePipeline:
             ),
             blender=FaceBlender(mode=cfg.blend),
             config=cfg,
+            frame_upscaler=upscaler if cfg.frame_upscaler == cfg.upscaler else build_upscaler(cfg.frame_upscaler),
             onnx_pool=pool,
         )
 
@@ -185,6 +188,11 @@ class RefinePipeline:
 
         with timer("resize"):
             frame = scale_for_output(target, resolution, cfg.fit)
+        if self.frame_upscaler.scale > 1 and frame.shape[0] > target.shape[0]:
+            with timer("upscale_frame"):
+                # Enlarge with the model, then resample to the exact output scale (the model's factor is fixed).
+                enlarged = upscale_frame(self.frame_upscaler, target, max_output_pixels=cfg.max_pixels)
+                frame = cv2.resize(enlarged, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_AREA)
         with timer("detect"):
             faces = self.analyzer.detect(frame)
         if not faces:
