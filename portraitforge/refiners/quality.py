@@ -56,7 +56,9 @@ def seam_score(image: ImageRGB, mask: np.ndarray) -> float:
     grad = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
     kernel = np.ones((3, 3), np.uint8)
     edge = cv2.morphologyEx(binary, cv2.MORPH_GRADIENT, kernel) > 0
-    k = max(5, int(np.sqrt(binary.sum()) * 0.06) | 1)
+    # The comparison band reaches well past the 2 px excluded around the edge, even for small faces
+    # (a 5 px band used to be swallowed whole by the exclusion, scoring every small face 1.0).
+    k = max(13, int(np.sqrt(binary.sum()) * 0.08) | 1)
     big = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     band = (cv2.dilate(binary, big) - cv2.erode(binary, big)) > 0
     around = band & ~cv2.dilate(edge.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)

@@ -141,11 +141,22 @@ def lighting_transfer(
     weight = (region > 0).astype(np.float32)
     if weight.sum() < 32:
         return source
-    w_blur = cv2.GaussianBlur(weight, (0, 0), sigma) + 1e-4
     src_f, ref_f = source.astype(np.float32), reference.astype(np.float32)
-    src_blur = cv2.GaussianBlur(src_f * weight[..., None], (0, 0), sigma) / w_blur[..., None]
-    ref_blur = cv2.GaussianBlur(ref_f * weight[..., None], (0, 0), sigma) / w_blur[..., None]
-    gain = np.clip((ref_blur + 4.0) / (src_blur + 4.0), 1.0 / max_gain, max_gain)
+    # The gain is smooth at the scale of `sigma`, so it is computed on a copy shrunk by up to sigma / 4
+    # (the full-size blurs were most of the swap's time) and enlarged again.
+    h, w = weight.shape
+    factor = max(1.0, sigma / 4.0)
+    small = (max(8, round(w / factor)), max(8, round(h / factor)))
+    s_sigma = sigma * small[0] / w
+
+    def blur(image: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(cv2.resize(image, small, interpolation=cv2.INTER_AREA), (0, 0), s_sigma)
+
+    w_blur = blur(weight)[..., None] + 1e-4
+    src_blur = blur(src_f * weight[..., None]) / w_blur
+    ref_blur = blur(ref_f * weight[..., None]) / w_blur
+    gain_small = np.clip((ref_blur + 4.0) / (src_blur + 4.0), 1.0 / max_gain, max_gain)
+    gain = cv2.resize(gain_small, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.clip(src_f * gain, 0, 255).astype(np.uint8)
 
 
