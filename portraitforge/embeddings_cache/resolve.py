@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from portraitforge.embeddings_cache.identity import identity_from_image
 from portraitforge.embeddings_cache.store import IdentityStore, OnStale, validate_name
@@ -132,6 +131,8 @@ def assign_by_nearest(
     from their match are left out; with more faces than identities the extra faces stay unmapped."""
     if not face_embeddings or not identities:
         return {}
+    from scipy.optimize import linear_sum_assignment  # ~0.6 s to import; only multi-identity runs need it
+
     cost = np.array([[distance(f, ident.embedding(space)) for ident in identities] for f in face_embeddings])
     rows, cols = linear_sum_assignment(cost)
     return {

@@ -47,11 +47,14 @@ class DlibModels:
             if not path.is_file():
                 raise ModelUnavailableError(f"dlib model file missing: {path}")
         descriptor = dlib.face_recognition_model_v1(str(paths[DESCRIPTOR_RESNET]))
-        from portraitforge.models.dlib_resnet_torch import load_descriptor_backend
+        descriptor_torch = None
+        if descriptor_backend != "dlib":  # torch is imported only when its port is wanted (~2-3 s)
+            from portraitforge.models.dlib_resnet_torch import load_descriptor_backend
 
+            descriptor_torch = load_descriptor_backend(paths[DESCRIPTOR_RESNET], descriptor, descriptor_backend)
         return cls(
             detector=dlib.get_frontal_face_detector(),
             predictor68=dlib.shape_predictor(str(paths[PREDICTOR_68])),
             descriptor=descriptor,
-            descriptor_torch=load_descriptor_backend(paths[DESCRIPTOR_RESNET], descriptor, descriptor_backend),
+            descriptor_torch=descriptor_torch,
         )
