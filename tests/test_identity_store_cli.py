@@ -51,7 +51,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, cli_analyzer: DlibFaceAnalyz
 def app(cli_analyzer: DlibFaceAnalyzer) -> typer.Typer:
     """The identity commands on their own app, with the session's dlib analyzer (no model reload per call)."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(cli_identity, "load_analyzers", lambda arcface="auto": [cli_analyzer])
+    mp.setattr(cli_identity, "load_analyzers", lambda arcface="auto", photos=None: [cli_analyzer])
     application = typer.Typer()
 
     @application.callback()
