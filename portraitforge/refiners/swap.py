@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
 
 from portraitforge.refiners.align import transform_points, umeyama_similarity
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
@@ -62,6 +61,8 @@ def piecewise_affine_maps(src_pts: FloatArray, dst_pts: FloatArray, size: int) -
     Rasterising triangle ids once and evaluating the affines vectorised is ~10x faster than
     warping each triangle separately (the approach in most tutorials and FaceFusion-era code).
     """
+    from scipy.spatial import Delaunay  # ~0.3 s to import: paid only by commands that swap
+
     tri = Delaunay(dst_pts.astype(np.float64))
     simplices = tri.simplices
     labels = np.full((size, size), -1, np.int32)
