@@ -45,6 +45,8 @@ def _guard(fn: Callable[[], T]) -> T:
         raise
     except PortraitForgeError as exc:
         _fail(f"error: {exc.message}", EXIT_CODES.get(exc.status, 1))
+    except BrokenPipeError:  # `| head` closed the pipe: click exits quietly (1)
+        raise
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_CODES[Status.INTERRUPTED])
     except Exception as exc:

@@ -31,6 +31,8 @@ def one_line_errors() -> Iterator[None]:
         raise
     except PortraitForgeError as exc:
         fail(exc.message, exit_code_for(exc))
+    except BrokenPipeError:  # `| head` closed the pipe: click exits quietly (1)
+        raise
     except KeyboardInterrupt:
         fail("interrupted", EXIT_CODES[Status.INTERRUPTED])
     except MemoryError:

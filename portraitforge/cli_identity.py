@@ -48,6 +48,8 @@ def cli_errors() -> Iterator[None]:
     except PortraitForgeError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(EXIT_CODES[exc.status]) from None
+    except BrokenPipeError:  # `| head` closed the pipe: click exits quietly (1)
+        raise
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(EXIT_CODES[Status.INTERRUPTED]) from None
