@@ -19,39 +19,31 @@ load average is printed: on a shared machine other processes inflate wall time.
 
 Goals: median total <= 500 ms at 1024 px; peak RSS < 1500 MB at 2048 px.
 
-Measured on this machine (2 CPUs shared with other work, hence the load average; commit 2d2958a):
+Measured on this machine (2 CPUs shared with other work, hence the load average; commit 209893d):
 
-    cpus=2 load_avg=1.14 repeats=7 (one child process each)
-    code: 2d2958a
-    child start-up: models + identity 2982 ms, torch threads 2
+    cpus=2 load_avg=1.91 repeats=7 (one child process each)
+    code: 209893d
+    child start-up: models + identity 1653 ms, torch threads 2
 
     RefineConfig() (default blend: multiband), median ms; peakMB = RSS high-water mark of the child
      size   total     min     cpu  detect   align    swap   blend   grade   other baseMB peakMB      status iddist
-      512   164.6   162.2   164.0    58.0     1.6    60.1     2.9    40.3     1.3    829    841          OK  0.579
-     1024   436.8   432.3   441.9   107.7     4.4   267.6     7.9    48.0     3.5    838    868          OK  0.572
-     2048   514.9   507.1   514.0   128.3     6.3   273.4    26.1    71.4    13.3    828    910          OK  0.572
+      512    84.2    72.5    90.0    28.3     0.9    18.9     1.5    30.6     0.5    982   1017          OK  0.581
+     1024   159.7   146.5   175.8    51.5     2.3    60.0     5.2    35.3     1.7    992   1052          OK  0.568
+     2048   211.6   182.9   227.0    60.4     5.3    60.4    14.9    56.0     5.8    994   1098          OK  0.574
     (stages under 0.1 ms in every row, not shown: resize, select, upscale, adjust)
 
     Goals:
-      median total at 1024: 436.8 ms vs goal 500 ms -> ratio 0.87 PASS
-      peak RSS at 2048: 910 MB vs goal 1500 MB -> ratio 0.61 PASS
+      median total at 1024: 159.7 ms vs goal 500 ms -> ratio 0.32 PASS
+      peak RSS at 2048: 1098 MB vs goal 1500 MB -> ratio 0.73 PASS
 
     Blend modes at 1024 (RefineConfig(blend=...); the multiband row is the table above), median ms
         blend   total     min     cpu  detect   align    swap   blend   grade   other baseMB peakMB      status iddist
-      poisson   491.9   484.0   487.2    98.5     4.8   303.0    29.5    49.9     3.5    838    869 LOW_QUALITY  0.673
-    multiband   436.8   432.3   441.9   107.7     4.4   267.6     7.9    48.0     3.5    838    868          OK  0.572
-      feather   475.9   466.0   473.4   100.3     4.6   312.0     6.0    49.4     3.6    836    868          OK  0.571
+      poisson   132.0   125.5   157.3    40.4     1.8    43.4    12.6    29.7     1.2    992   1055 LOW_QUALITY  0.674
+    multiband   159.7   146.5   175.8    51.5     2.3    60.0     5.2    35.3     1.7    992   1052          OK  0.568
+      feather   138.7   122.0   159.4    52.1     1.6    47.8     2.9    31.7     1.2    992   1052          OK  0.575
     (stages under 0.1 ms in every row, not shown: resize, select, upscale, adjust)
 
-    load_avg now 2.00
-
-Both goals are met: 1024 px with ~13 % headroom on a lightly loaded machine (an earlier run at load average
-3.9-5.9 gave 738 ms wall / 422 ms CPU at 1024, so wall-clock figures here swing by 25 % or more), RSS with a
-wide margin. The swap dominates at 1024 and 2048 (its crop is capped at max_crop=512 px at both sizes, so they
-cost about the same); inside it, `lighting_transfer` (refiners/swap.py) spends ~200 ms in three
-full-resolution GaussianBlurs with a sigma of 0.35 x eye distance. Detection is next (dlib's detector on a
-640 px copy, landmarks and a descriptor), then grading (landmarks and a descriptor again, on the result). RSS
-is dominated by imports and models (~830 MB before the first refine); a 2048 px refine adds ~70-80 MB.
+    load_avg now 1.55
 """
 
 from __future__ import annotations
