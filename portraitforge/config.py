@@ -67,7 +67,10 @@ class RefineConfig(BaseModel):
     max_identity_distance: float = Field(0.6, gt=0.0, description="LOW_QUALITY above this")
     max_seam_score: float = Field(2.5, gt=0.0, description="LOW_QUALITY above this edge gradient jump (1 = none)")
     min_sharpness_ratio: float = Field(
-        0.1, ge=0.0, description="LOW_QUALITY when the face has less than this share of the target's sharpness"
+        0.2,
+        ge=0.0,
+        description="LOW_QUALITY when the face has less than this share of the target's sharpness and the swap "
+        "enlarged its source pixels more than 1.25x",
     )
 
     @field_validator("resolution")

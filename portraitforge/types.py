@@ -116,6 +116,7 @@ class SwapOutput:
     image: ImageRGB  # swapped crop, same size as the input crop
     mask: FloatArray  # crop-sized float mask 0..1 of where the swap applies (feathered)
     landmarks68: FloatArray | None  # landmarks of the swapped face in crop coordinates
+    source_scale: float = 1.0  # enlargement of the swapped-in pixels onto the crop (> 1: they were upsampled)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class FaceQuality:
     sharpness: float  # Laplacian variance inside the face mask (result)
     target_sharpness: float  # same measure on the target before the swap
     seam_score: float  # gradient jump across the mask edge relative to its surroundings (1 = none)
+    source_scale: float = 1.0  # how much the identity's (or model's) pixels were enlarged onto the face
 
 
 @dataclass
@@ -152,6 +154,7 @@ class FaceReport:
                 "sharpness": round(q.sharpness, 2),
                 "target_sharpness": round(q.target_sharpness, 2),
                 "seam_score": round(q.seam_score, 4),
+                "source_scale": round(q.source_scale, 3),
             }
         return out
 

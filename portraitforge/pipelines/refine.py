@@ -220,9 +220,9 @@ class RefinePipeline:
             report.faces.append(face_report)
             if cfg.strength == 0.0:
                 continue  # strength 0 gives the target back untouched
-            result, frame_mask = self._refine_face(result, face, ident, timer)
+            result, frame_mask, source_scale = self._refine_face(result, face, ident, timer)
             with timer("grade"):
-                quality = self._grade(result, original, face, frame_mask, ident.embeddings[space])
+                quality = self._grade(result, original, face, frame_mask, ident.embeddings[space], source_scale)
             face_report.quality = quality
             thresholds = QualityThresholds(cfg.max_identity_distance, cfg.max_seam_score, cfg.min_sharpness_ratio)
             problems += [f"face {index}: {p}" for p in thresholds.problems(quality, face.landmarks_confidence)]
@@ -262,7 +262,9 @@ class RefinePipeline:
 
     def _refine_face(
         self, frame: ImageRGB, face: Face, identity: Identity, timer: StageTimer
-    ) -> tuple[ImageRGB, np.ndarray]:
+    ) -> tuple[ImageRGB, np.ndarray, float]:
+        """The frame with this face refined, the blended region in frame coordinates, and the swap's source
+        scale (how much the painted-in pixels were enlarged)."""
         cfg = self.config
         with timer("align"):
             size = native_crop_size(face.kps5, cfg.crop_margin, maximum=cfg.max_crop)
@@ -282,7 +284,7 @@ class RefinePipeline:
         with timer("blend"):
             blended = self.blender(frame, adjusted, swapped.mask, crop.inverse)
         frame_mask = warp_mask_to_frame(swapped.mask, crop.inverse, frame.shape)
-        return blended, frame_mask
+        return blended, frame_mask, swapped.source_scale
 
     def _identity_for_crop(self, identity: Identity, crop_size: int) -> Identity:
         """The landmark engine paints the identity's reference pixels into the target, so the reference crop is
@@ -303,7 +305,13 @@ class RefinePipeline:
         return replace(identity, reference_crop=image, reference_landmarks68=landmarks)
 
     def _grade(
-        self, result: ImageRGB, original: ImageRGB, face: Face, frame_mask: np.ndarray, identity_vec: FloatArray
+        self,
+        result: ImageRGB,
+        original: ImageRGB,
+        face: Face,
+        frame_mask: np.ndarray,
+        identity_vec: FloatArray,
+        source_scale: float = 1.0,
     ) -> FaceQuality:
         refit = self.analyzer.landmarks(result, face)
         result_vec = self.analyzer.embed(result, refit)
@@ -322,6 +330,7 @@ class RefinePipeline:
             frame_mask[y0:y1, x0:x1],
             identity_distance=self.analyzer.distance(result_vec, identity_vec),
             original_distance=self.analyzer.distance(result_vec, original_vec),
+            source_scale=source_scale,
         )
 
 

@@ -16,8 +16,11 @@ class QualityThresholds:
 
     max_identity_distance: float = 0.6  # dlib's same-person threshold
     max_seam_score: float = 2.5  # gradient across the mask edge vs. around it
-    min_sharpness_ratio: float = 0.35  # result face sharpness / target face sharpness
+    min_sharpness_ratio: float = 0.2  # result face sharpness / target face sharpness
     min_landmarks_confidence: float = 0.3
+    # A face less sharp than the target is only a defect when the swap *enlarged* its source pixels: a
+    # clean-shaven identity on a bearded, bespectacled target is legitimately smoother, not blurred.
+    min_blurring_source_scale: float = 1.25
 
     def problems(self, q: FaceQuality, landmarks_confidence: float) -> list[str]:
         found = []
@@ -25,8 +28,12 @@ class QualityThresholds:
             found.append(f"identity distance {q.identity_distance:.3f} > {self.max_identity_distance}")
         if q.seam_score > self.max_seam_score:
             found.append(f"seam score {q.seam_score:.2f} > {self.max_seam_score}")
-        if q.target_sharpness > 0 and q.sharpness / q.target_sharpness < self.min_sharpness_ratio:
-            found.append(f"sharpness ratio {q.sharpness / q.target_sharpness:.2f} < {self.min_sharpness_ratio}")
+        ratio = q.sharpness / q.target_sharpness if q.target_sharpness > 0 else 1.0
+        if ratio < self.min_sharpness_ratio and q.source_scale > self.min_blurring_source_scale:
+            found.append(
+                f"sharpness ratio {ratio:.2f} < {self.min_sharpness_ratio}: source pixels enlarged "
+                f"{q.source_scale:.1f}x (use a larger identity photo or an upscaler)"
+            )
         if landmarks_confidence < self.min_landmarks_confidence:
             found.append(f"landmark confidence {landmarks_confidence:.2f} < {self.min_landmarks_confidence}")
         return found
@@ -73,6 +80,7 @@ def grade_face(
     frame_mask: np.ndarray,
     identity_distance: float | None,
     original_distance: float | None,
+    source_scale: float = 1.0,
 ) -> FaceQuality:
     """`frame_mask` is the blended region (float 0..1) in frame coordinates."""
     face_region = frame_mask > 0.5
@@ -82,6 +90,7 @@ def grade_face(
         sharpness=laplacian_variance(result, face_region),
         target_sharpness=laplacian_variance(target, face_region),
         seam_score=seam_score(result, frame_mask),
+        source_scale=source_scale,
     )
 
 

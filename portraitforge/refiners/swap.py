@@ -226,7 +226,8 @@ class LandmarkSwapper:
         if strength < 1.0:
             # Pixels move toward the identity by `strength`; geometry already did above.
             warped = cv2.addWeighted(warped, float(strength), crop.image, 1.0 - float(strength), 0.0)
-        return SwapOutput(image=warped, mask=mask, landmarks68=dst_lm)
+        source_scale = float(np.sqrt(abs(np.linalg.det(fit[:, :2].astype(np.float64)))))
+        return SwapOutput(image=warped, mask=mask, landmarks68=dst_lm, source_scale=source_scale)
 
     def _mask(
         self, size: int, landmarks: FloatArray, keep_mouth_of: FloatArray | None, skin_like: np.ndarray | None

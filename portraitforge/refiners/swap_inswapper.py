@@ -281,7 +281,8 @@ class InswapperSwapper:
         # Inside the mask support the swapped pixels; outside, the crop untouched. The feathering stays
         # in `mask` for the blender (applying it here too would square the fade).
         image = np.where((mask > 0)[..., None], warped, crop.image)
-        return SwapOutput(image=image, mask=mask, landmarks68=target_face.landmarks68)
+        source_scale = 1.0 / _matrix_scale(crop_to_aligned)  # model output px -> crop px
+        return SwapOutput(image=image, mask=mask, landmarks68=target_face.landmarks68, source_scale=source_scale)
 
 
 def build_swapper(
