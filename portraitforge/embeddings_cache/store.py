@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
@@ -39,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from portraitforge.atomic import atomic_write_bytes, fsync_dir
 from portraitforge.embeddings_cache.audit import AUDIT_FILE, AuditEntry, AuditLog, current_user, file_sha256, utc_now
 from portraitforge.embeddings_cache.identity import REFERENCE_MARGIN, REFERENCE_MAX, REFERENCE_MIN
 from portraitforge.errors import BadInputError, ModelUnavailableError, NoFaceError
@@ -743,32 +743,6 @@ def validate(record: IdentityRecord, tensors: dict[str, np.ndarray], expected_na
 # --------------------------------------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """temp file in the same directory + fsync + os.replace: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _record_json(record: IdentityRecord) -> bytes:
     return (json.dumps(record.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -1080,7 +1054,7 @@ class IdentityStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.identities_dir)
+        fsync_dir(self.identities_dir)
         return record
 
     def add(
@@ -1220,7 +1194,7 @@ class IdentityStore:
             trash = self.identities_dir / f".trash-{uuid.uuid4().hex}"
             os.rename(folder, trash)  # atomic disappearance; the delete below may be slow
             shutil.rmtree(trash, ignore_errors=True)
-            _fsync_dir(self.identities_dir)
+            fsync_dir(self.identities_dir)
         self.audit_log.append(name, "remove")
 
     def rename(self, old: str, new: str) -> IdentityRecord:

@@ -13,12 +13,12 @@ was loaded (family, hash, scheduler, LoRAs, device, dtype). No module-level cach
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.errors import BadInputError, ModelUnavailableError, OutOfMemoryError, ParameterError
 from portraitforge.paths import home_dir
 
@@ -433,7 +434,8 @@ def file_sha256(path: Path, use_cache: bool = True) -> str:
     if use_cache:
         cache = cache if isinstance(cache, dict) else {}
         cache[key] = value
-        _atomic_write_text(cache_path, json.dumps(cache, sort_keys=True))
+        with contextlib.suppress(OSError):  # the hash cache is an optimisation; a read-only home must not break loading
+            atomic_write_bytes(cache_path, json.dumps(cache, sort_keys=True).encode())
     return value
 
 
@@ -697,14 +699,3 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the hash cache is an optimisation; a read-only home must not break loading

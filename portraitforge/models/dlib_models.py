@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.errors import ModelUnavailableError
 from portraitforge.paths import home_dir
 
@@ -81,15 +81,8 @@ def load_frontal_face_detector(dlib: Any, cache_dir: Path | None = None) -> Any:
             if candidate.name == f"{prefix}{digest}.svm":
                 return dlib.fhog_object_detector(str(candidate))
     detector = dlib.get_frontal_face_detector()
-    with contextlib.suppress(OSError, RuntimeError):
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            detector.save(tmp)
-            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-            os.replace(tmp, folder / f"{prefix}{digest}.svm")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    with contextlib.suppress(OSError, RuntimeError), tempfile.TemporaryDirectory() as scratch:
+        detector.save(str(Path(scratch) / "detector.svm"))  # dlib writes only to a path
+        data = (Path(scratch) / "detector.svm").read_bytes()
+        atomic_write_bytes(folder / f"{prefix}{hashlib.sha256(data).hexdigest()}.svm", data)
     return detector

@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.errors import ModelUnavailableError
 
 CHIP_SIZE = 150
@@ -410,7 +410,8 @@ def load_weights(path: Path, cache_dir: str | os.PathLike[str] | None = None) ->
 
     `cache_dir=""` disables the cache. A corrupt or foreign cache file is ignored and rewritten.
     """
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save as save_safetensors
 
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
@@ -427,21 +428,8 @@ def load_weights(path: Path, cache_dir: str | os.PathLike[str] | None = None) ->
     weights = parse_dlib_resnet(data)
     if cache is not None:
         with contextlib.suppress(OSError):  # a read-only home must not stop the model from loading
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file(
-                    weights,
-                    tmp,
-                    metadata={"source": path.name, "source_sha256": sha, "converter": CONVERTER_VERSION},
-                )
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, cache)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            metadata = {"source": path.name, "source_sha256": sha, "converter": CONVERTER_VERSION}
+            atomic_write_bytes(cache, save_safetensors(weights, metadata=metadata))
     return weights
 
 

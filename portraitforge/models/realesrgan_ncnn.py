@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.errors import ModelUnavailableError
 from portraitforge.paths import home_dir
 
@@ -330,20 +329,6 @@ def serialize(state: dict[str, torch.Tensor], entry: EmbeddedRealESRGAN) -> byte
     return save_safetensors_bytes(state, metadata={"portraitforge": json.dumps(info, sort_keys=True)})
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class ConvertedWeights:
     path: Path
@@ -366,7 +351,7 @@ def _convert_and_store(entry: EmbeddedRealESRGAN, target: Path, models_dir: Path
     digest = sha256_bytes(data)
     if digest != entry.converted_sha256:
         raise ModelUnavailableError(f"converted {entry.name} has sha256 {digest}, expected {entry.converted_sha256}")
-    _atomic_write(target, data)
+    atomic_write_bytes(target, data)
     return data
 
 
