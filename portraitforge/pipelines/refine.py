@@ -311,7 +311,7 @@ class RefinePipeline:
         face: Face,
         frame_mask: np.ndarray,
         identity_vec: FloatArray,
-        source_scale: float = 1.0,
+        source_scale: float,
     ) -> FaceQuality:
         refit = self.analyzer.landmarks(result, face)
         result_vec = self.analyzer.embed(result, refit)

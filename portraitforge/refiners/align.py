@@ -90,6 +90,11 @@ def native_crop_size(kps5: FloatArray, margin: float, minimum: int = 128, maximu
     return max(minimum, (size + 15) // 16 * 16)
 
 
+def matrix_scale(matrix: np.ndarray) -> float:
+    """Uniform scale of a 2x3 similarity (or the area scale of any affine): > 1 enlarges."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix, np.float64)[:, :2]))))
+
+
 def upscale_matrix(factor: float) -> np.ndarray:
     """Pixel coordinates before -> after an `factor`x enlargement that keeps pixel *centres* aligned
     (cv2.resize, and the nearest/pixel-shuffle upsampling of ESRGAN-style nets): x' = f x + (f - 1) / 2."""

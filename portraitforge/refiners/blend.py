@@ -13,6 +13,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from portraitforge.refiners.align import matrix_scale
 from portraitforge.types import FloatArray, ImageRGB
 
 BlendMode = Literal["poisson", "poisson-mixed", "multiband", "feather"]
@@ -103,7 +104,7 @@ class FaceBlender:
     def __call__(self, frame: ImageRGB, crop_image: ImageRGB, crop_mask: FloatArray, inverse: FloatArray) -> ImageRGB:
         if self.mode not in BLEND_MODES:
             raise ValueError(f"unknown blend mode '{self.mode}'")
-        scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2].astype(np.float64)))))
+        scale = matrix_scale(inverse)
         pad = max(8, int(np.ceil(4 * scale)) + 4)
         roi = mask_roi(crop_mask, inverse, pad)
         out = frame.copy()

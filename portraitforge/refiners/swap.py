@@ -12,7 +12,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from portraitforge.refiners.align import transform_points, umeyama_similarity
+from portraitforge.refiners.align import matrix_scale, transform_points, umeyama_similarity
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
 
 JAW = list(range(0, 17))
@@ -226,8 +226,7 @@ class LandmarkSwapper:
         if strength < 1.0:
             # Pixels move toward the identity by `strength`; geometry already did above.
             warped = cv2.addWeighted(warped, float(strength), crop.image, 1.0 - float(strength), 0.0)
-        source_scale = float(np.sqrt(abs(np.linalg.det(fit[:, :2].astype(np.float64)))))
-        return SwapOutput(image=warped, mask=mask, landmarks68=dst_lm, source_scale=source_scale)
+        return SwapOutput(image=warped, mask=mask, landmarks68=dst_lm, source_scale=matrix_scale(fit))
 
     def _mask(
         self, size: int, landmarks: FloatArray, keep_mouth_of: FloatArray | None, skin_like: np.ndarray | None

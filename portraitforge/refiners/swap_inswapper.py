@@ -31,7 +31,7 @@ from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import INSWAPPER_128
 from portraitforge.models.store import ModelStore
-from portraitforge.refiners.align import upscale_matrix
+from portraitforge.refiners.align import matrix_scale, upscale_matrix
 from portraitforge.refiners.base import Upscaler
 from portraitforge.refiners.detect_insightface import ARCFACE_SPACE, _quiet, norm_matrix
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
@@ -163,10 +163,6 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return (a @ b)[:2]
 
 
-def _matrix_scale(matrix: np.ndarray) -> float:
-    return float(math.sqrt(abs(np.linalg.det(np.asarray(matrix, np.float64)[:, :2]))))
-
-
 @dataclass
 class InswapperSwapper:
     """Swapper protocol on inswapper_128. Identities must carry an "arcface-512" embedding.
@@ -228,7 +224,7 @@ class InswapperSwapper:
         """Pixel-boost factor: explicit, or the smallest k with 128k aligned px >= the crop's face px."""
         if self.pixel_boost:
             return int(np.clip(self.pixel_boost, 1, MAX_PIXEL_BOOST))
-        crop_px_per_aligned_px = 1.0 / max(_matrix_scale(crop_to_128), 1e-6)
+        crop_px_per_aligned_px = 1.0 / max(matrix_scale(crop_to_128), 1e-6)
         return int(np.clip(math.ceil(crop_px_per_aligned_px - 0.05), 1, MAX_PIXEL_BOOST))
 
     def swap_aligned(self, aligned: ImageRGB, latent: np.ndarray, boost: int) -> np.ndarray:
@@ -265,7 +261,7 @@ class InswapperSwapper:
         swapped_u8 = np.clip(np.rint(swapped * 255.0), 0, 255).astype(np.uint8)
 
         crop_to_aligned = compose(matrix, crop_to_source)
-        if use_upscaler and self.swap_order == "swap-upscale" and _matrix_scale(crop_to_aligned) < 1.0:
+        if use_upscaler and self.swap_order == "swap-upscale" and matrix_scale(crop_to_aligned) < 1.0:
             # Only when the crop holds more face pixels than the (boosted) model output.
             assert self.upscaler is not None
             upscaled = self.upscaler(swapped_u8)
@@ -281,7 +277,7 @@ class InswapperSwapper:
         # Inside the mask support the swapped pixels; outside, the crop untouched. The feathering stays
         # in `mask` for the blender (applying it here too would square the fade).
         image = np.where((mask > 0)[..., None], warped, crop.image)
-        source_scale = 1.0 / _matrix_scale(crop_to_aligned)  # model output px -> crop px
+        source_scale = 1.0 / matrix_scale(crop_to_aligned)  # model output px -> crop px
         return SwapOutput(image=image, mask=mask, landmarks68=target_face.landmarks68, source_scale=source_scale)
 
 
