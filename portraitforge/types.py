@@ -62,6 +62,7 @@ class Face:
     landmarks_confidence: float = 1.0  # 0..1 plausibility of the landmark fit
     embedding: FloatArray | None = None
     embedding_space: str | None = None  # e.g. "dlib-128" or "arcface-512"; spaces never mix
+    mesh: FloatArray | None = None  # (468, 3) MediaPipe face mesh: x, y in pixels, z in the same pixel units
 
     @property
     def width(self) -> float:
@@ -90,6 +91,7 @@ class Identity:
     reference_landmarks68: FloatArray  # (68, 2) in reference_crop coordinates
     sources: list[str] = field(default_factory=list)  # sha256 of source files
     cache_hit: bool = False  # True when loaded from the identity store without re-embedding
+    reference_mesh: FloatArray | None = None  # (468, 3) mesh in reference_crop coordinates (mesh engine)
 
     def embedding(self, space: str) -> FloatArray:
         try:
@@ -117,6 +119,8 @@ class SwapOutput:
     mask: FloatArray  # crop-sized float mask 0..1 of where the swap applies (feathered)
     landmarks68: FloatArray | None  # landmarks of the swapped face in crop coordinates
     source_scale: float = 1.0  # enlargement of the swapped-in pixels onto the crop (> 1: they were upsampled)
+    detail_mask: FloatArray | None = None  # crop-sized 0..1: where the target's own fine detail belongs (skin)
+    face_height: float | None = None  # face height in crop pixels (the unit of size-relative stages)
 
 
 @dataclass

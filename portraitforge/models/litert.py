@@ -1,0 +1,62 @@
+"""TFLite models (MediaPipe mesh/detectors, face parser, MobileFaceNet) on Google's `ai-edge-litert` runtime.
+
+One small typed wrapper so every stage calls a model the same way: `run({input_index: array}) -> outputs`.
+An interpreter is not thread-safe; each stage owns its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portraitforge.errors import ModelUnavailableError
+
+
+def _threads() -> int:
+    # Two cores here; more threads than cores only adds contention in XNNPACK.
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class LiteModel:
+    """A loaded `.tflite` file with fixed input/output details."""
+
+    path: Path
+    interpreter: Any = field(repr=False)
+    inputs: list[dict[str, Any]] = field(repr=False)
+    outputs: list[dict[str, Any]] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], num_threads: int | None = None) -> LiteModel:
+        p = Path(path)
+        if not p.is_file():
+            raise ModelUnavailableError(f"model file not found: {p}")
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # pragma: no cover - declared dependency
+            raise ModelUnavailableError("ai-edge-litert is not installed (pip install ai-edge-litert)") from None
+        try:
+            interpreter = Interpreter(model_path=str(p), num_threads=num_threads or _threads())
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelUnavailableError(f"{p.name}: not a loadable TFLite model ({exc})") from None
+        return cls(
+            path=p,
+            interpreter=interpreter,
+            inputs=interpreter.get_input_details(),
+            outputs=interpreter.get_output_details(),
+        )
+
+    def input_shape(self, index: int = 0) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.inputs[index]["shape"])
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Feed inputs in declaration order; return every output (copied out of the interpreter)."""
+        for detail, array in zip(self.inputs, arrays, strict=True):
+            self.interpreter.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=detail["dtype"]))
+        self.interpreter.invoke()
+        return [np.array(self.interpreter.get_tensor(d["index"])) for d in self.outputs]

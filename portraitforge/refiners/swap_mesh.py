@@ -1,0 +1,338 @@
+"""Dense-mesh swap engine: the identity's face warped over MediaPipe's 468-point mesh onto the target.
+
+Why a mesh: a Delaunay over 68 points cuts across eyelids and lip contours, which ghosts eyes and
+brows. The mesh's own tessellation follows them, so eyelids, brows, nostrils and lips land exactly on
+the target's. The rest of the engine:
+- geometry moves toward the identity in 3D (pose removed by a 3D similarity fit), the outline stays;
+- the target's own texture is warped onto the same new geometry, so `strength` < 1 mixes two aligned
+  layers (no double eyes) and an open mouth keeps the target's teeth with no ghost lip;
+- colour: LAB statistics over skin plus a low-frequency lighting ratio (shared with the landmark engine);
+- detail: the target's fine skin texture replaces the identity's on skin (not on eyes, brows or lips),
+  so the face is as sharp and as grainy as the photo around it;
+- mask: the target's skin, brows, eyes, nose and lips, never its hair, glasses or hands, and never the
+  identity's hair or background: from the face parser when present, else from the mesh and skin colour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from portraitforge.refiners.align import matrix_scale
+from portraitforge.refiners.swap import lab_color_transfer, lighting_transfer
+from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
+
+# Mouth openness (inner-lip gap / mouth width) above which a mouth counts as open.
+MOUTH_OPEN_RATIO = 0.10
+# Mesh vertices used for openness: inner lip mid-points and mouth corners.
+UPPER_INNER_LIP, LOWER_INNER_LIP, MOUTH_LEFT, MOUTH_RIGHT = 13, 14, 61, 291
+FOREHEAD_TOP, CHIN, NOSE_BRIDGE = 10, 152, 6
+
+
+class MeshTopology(Protocol):
+    """The mesh's triangulation and ordered feature contours (vertex indices)."""
+
+    triangles: np.ndarray  # (T, 3) int
+    face_oval: list[int]
+    left_eye: list[int]
+    right_eye: list[int]
+    left_brow: list[int]
+    right_brow: list[int]
+    lips_outer: list[int]
+    lips_inner: list[int]
+
+
+class ParsingLabels(Protocol):
+    """Per-pixel semantic classes of a face crop (the parser's output), in a given crop's coordinates."""
+
+    def __call__(self, image: ImageRGB, face_box: FloatArray) -> np.ndarray:
+        """uint8 class ids (FaceClass order) of `image`, same height and width."""
+        ...
+
+
+# BiSeNet (CelebAMask-HQ) class ids; the parser module defines the same order.
+SKIN, L_BROW, R_BROW, L_EYE, R_EYE, EYE_GLASSES = 1, 2, 3, 4, 5, 6
+NOSE, MOUTH, U_LIP, L_LIP = 10, 11, 12, 13
+FACE_CLASSES = (SKIN, L_BROW, R_BROW, L_EYE, R_EYE, NOSE, MOUTH, U_LIP, L_LIP)
+
+
+def mouth_openness(points: FloatArray) -> float:
+    gap = float(np.linalg.norm(points[UPPER_INNER_LIP, :2] - points[LOWER_INNER_LIP, :2]))
+    width = float(np.linalg.norm(points[MOUTH_LEFT, :2] - points[MOUTH_RIGHT, :2])) + 1e-6
+    return gap / width
+
+
+def face_height(points: FloatArray) -> float:
+    """Forehead-top to chin along the mesh: the unit of every size-relative parameter."""
+    return float(np.linalg.norm(points[FOREHEAD_TOP, :2] - points[CHIN, :2])) + 1e-6
+
+
+def similarity_3d(src: FloatArray, dst: FloatArray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares 3D similarity (Umeyama): dst ~ scale * R @ src + t. Removes head pose and size, so
+    what remains between two meshes is the difference in face shape."""
+    s64, d64 = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = s64.mean(0), d64.mean(0)
+    xs, xd = s64 - mu_s, d64 - mu_d
+    u, d, vt = np.linalg.svd(xd.T @ xs / len(s64))
+    sign = np.ones(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rot = u @ np.diag(sign) @ vt
+    var_s = (xs**2).sum() / len(s64)
+    scale = float((d * sign).sum() / var_s) if var_s > 0 else 1.0
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def skin_colour_match(image: ImageRGB, region: np.ndarray, max_distance: float = 3.0) -> np.ndarray:
+    """255 where a pixel's LAB colour is within `max_distance` (Mahalanobis) of the colour inside `region`.
+
+    Stricter than the landmark engine's `skin_likeness` (a small regulariser, no extra lightness slack):
+    it must separate dark and red hair and beards from skin, not only backgrounds. Blond hair close to
+    skin colour still passes, which is why the mask is also pulled in at the hairline.
+    """
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+    samples = lab[region > 0]
+    if len(samples) < 32:
+        return np.full(region.shape, 255, np.uint8)
+    mean = samples.mean(0)
+    cov = np.cov(samples, rowvar=False) + np.diag([25.0, 1.0, 1.0])
+    diff = (lab - mean).reshape(-1, 3)
+    d2 = ((diff @ np.linalg.inv(cov).astype(np.float32)) * diff).sum(1).reshape(region.shape)
+    return (d2 < max_distance**2).astype(np.uint8) * 255
+
+
+def _fan(loop: list[int], centre: int) -> list[tuple[int, int, int]]:
+    return [(loop[i], loop[(i + 1) % len(loop)], centre) for i in range(len(loop))]
+
+
+def polygon_mask(size: int, points: FloatArray) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [np.round(points[:, :2]).astype(np.int32)], 255)
+    return mask
+
+
+def triangle_warp_maps(
+    src_pts: FloatArray, dst_pts: FloatArray, triangles: np.ndarray, size: int, outside: FloatArray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(map_x, map_y) for cv2.remap: each dst pixel -> its src position, affine per mesh triangle;
+    pixels no triangle covers use the 2x3 affine `outside` (dst -> src)."""
+    n = len(triangles)
+    labels = np.full((size, size), n, np.int32)  # index n = the outside affine
+    affines = np.zeros((n + 1, 2, 3), np.float32)
+    affines[n] = outside
+    dst_tris = dst_pts[triangles][:, :, :2].astype(np.float32)
+    src_tris = src_pts[triangles][:, :, :2].astype(np.float32)
+    # A triangle folded flat by the geometry change has no affine; it keeps the outside one.
+    area = np.abs(np.cross(dst_tris[:, 1] - dst_tris[:, 0], dst_tris[:, 2] - dst_tris[:, 0]))
+    for t in np.nonzero(area > 1e-3)[0]:
+        affines[t] = cv2.getAffineTransform(dst_tris[t], src_tris[t])
+        cv2.fillConvexPoly(labels, np.round(dst_tris[t]).astype(np.int32), int(t))
+    grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32)
+    a = affines[labels]
+    map_x = a[..., 0, 0] * grid_x + a[..., 0, 1] * grid_y + a[..., 0, 2]
+    map_y = a[..., 1, 0] * grid_x + a[..., 1, 1] * grid_y + a[..., 1, 2]
+    return map_x.astype(np.float32), map_y.astype(np.float32)
+
+
+def _ellipse(diameter: float) -> np.ndarray:
+    k = max(3, int(diameter) | 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+@dataclass
+class MeshSwapper:
+    """Swap over the dense mesh. `strength` moves geometry and texture together."""
+
+    topology: MeshTopology = field(repr=False)
+    parser: ParsingLabels | None = field(default=None, repr=False)
+    feather: float = 0.035  # Gaussian sigma of the mask edge, fraction of face height
+    erode: float = 0.03  # mask pulled in from the face oval, fraction of face height
+    color_transfer: bool = True
+    outline_strength: float = 0.0  # share of `strength` applied to the jaw/forehead outline
+    hairline_pull: float = 0.35  # no parser: how far the mask's top edge is pulled in from the oval
+    keep_detail: bool = True  # report where the target's fine skin texture belongs (the detail stage uses it)
+    name: str = "mesh"
+    _triangles: np.ndarray = field(init=False, repr=False)
+    _inner_features: list[list[int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        topo = self.topology
+        # The tessellation leaves the eye and mouth openings empty; fan them from an added centre vertex
+        # (468, 469, 470) so eyeballs and teeth follow the eyelids and lips instead of a global affine.
+        extra = [
+            *_fan(list(topo.left_eye), 468),
+            *_fan(list(topo.right_eye), 469),
+            *_fan(list(topo.lips_inner), 470),
+        ]
+        self._triangles = np.concatenate([np.asarray(topo.triangles, np.int32), np.asarray(extra, np.int32)])
+        self._inner_features = [
+            list(topo.left_eye),
+            list(topo.right_eye),
+            list(topo.left_brow),
+            list(topo.right_brow),
+            list(topo.lips_outer),
+        ]
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "feather": self.feather,
+            "erode": self.erode,
+            "color_transfer": self.color_transfer,
+            "keep_detail": self.keep_detail,
+            "parsing": self.parser is not None,
+        }
+
+    def _with_centres(self, points: FloatArray) -> FloatArray:
+        topo = self.topology
+        centres = [points[list(loop)].mean(0) for loop in (topo.left_eye, topo.right_eye, topo.lips_inner)]
+        return np.concatenate([points, np.stack(centres)]).astype(np.float32)
+
+    def __call__(self, crop: AlignedCrop, target_face: Face, identity: Identity, strength: float) -> SwapOutput:
+        if target_face.mesh is None:
+            raise ValueError("the mesh swap engine needs the target's 468-point mesh (analyzer: mesh)")
+        if identity.reference_mesh is None:
+            raise ValueError(f"identity '{identity.name}' has no reference mesh (build it with the mesh analyzer)")
+        size = crop.size
+        target_pts = np.asarray(target_face.mesh, np.float32)
+        id_pts = np.asarray(identity.reference_mesh, np.float32)
+        source = identity.reference_crop
+        topo = self.topology
+        scale = face_height(target_pts)
+
+        # Identity shape in the target's pose: a 3D similarity removes rotation, size and position.
+        s, rot, t = similarity_3d(id_pts, target_pts)
+        id_on_target = (s * id_pts.astype(np.float64) @ rot.T + t).astype(np.float32)
+        mouth_mismatch = (mouth_openness(target_pts) > MOUTH_OPEN_RATIO) != (mouth_openness(id_pts) > MOUTH_OPEN_RATIO)
+        weights = np.full(len(target_pts), float(strength), np.float32)
+        # The outline moves less than the inner face: the mask's edge sits just inside it.
+        weights[list(topo.face_oval)] = float(strength) * self.outline_strength
+        if mouth_mismatch:
+            # Keep the target's mouth shape so its own teeth or closed lips stay consistent.
+            weights[list(topo.lips_outer) + list(topo.lips_inner)] = 0.0
+        dst_pts = target_pts.copy()
+        dst_pts[:, :2] += weights[:, None] * (id_on_target[:, :2] - target_pts[:, :2])
+
+        # dst -> src for pixels outside the mesh: the 2D part of the similarity, inverted.
+        fit_2d = np.zeros((2, 3), np.float64)
+        fit_2d[:, :2] = s * rot[:2, :2]
+        fit_2d[:, 2] = t[:2]
+        outside_id = cv2.invertAffineTransform(fit_2d).astype(np.float32)
+        dst_all, id_all, target_all = (self._with_centres(p) for p in (dst_pts, id_pts, target_pts))
+        map_x, map_y = triangle_warp_maps(id_all, dst_all, self._triangles, size, outside_id)
+        warped = cv2.remap(source, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+        identical = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+        tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
+        # The target's own texture on the new geometry: mixed in by strength, mouth interior, fine detail.
+        target_on_dst = cv2.remap(crop.image, tmap_x, tmap_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+        features = self._feature_mask(size, dst_pts, scale)
+        oval = polygon_mask(size, dst_pts[list(topo.face_oval)])
+        skin = cv2.bitwise_and(oval, cv2.bitwise_not(features))
+        mask_u8, occluded = self._mask(crop, target_face, warped, map_x, map_y, identity, dst_pts, oval, features)
+        if self.color_transfer:
+            skin_both = cv2.bitwise_and(skin, cv2.bitwise_not(occluded))
+            warped = lab_color_transfer(warped, target_on_dst, skin_both, skin_both)
+            eyes = dst_pts[list(topo.left_eye), :2].mean(0) - dst_pts[list(topo.right_eye), :2].mean(0)
+            eye_distance = float(np.linalg.norm(eyes))
+            warped = lighting_transfer(warped, target_on_dst, skin_both, sigma=max(2.0, 0.35 * eye_distance))
+        if mouth_mismatch:
+            inner = polygon_mask(size, dst_pts[list(topo.lips_inner)])
+            inner = cv2.GaussianBlur(inner, (0, 0), max(0.8, scale * 0.006)).astype(np.float32)[..., None] / 255.0
+            warped = (warped * (1.0 - inner) + target_on_dst * inner).astype(np.uint8)
+        if strength < 1.0:
+            warped = cv2.addWeighted(warped, float(strength), target_on_dst, 1.0 - float(strength), 0.0)
+        mask = mask_u8.astype(np.float32) / 255.0
+        # Skin in both geometries: the target's detail must not print its own eyes, brows or lips.
+        target_features = self._feature_mask(size, target_pts, scale)
+        detail = cv2.bitwise_and(skin, cv2.bitwise_not(cv2.bitwise_or(target_features, occluded)))
+        detail_mask = cv2.GaussianBlur(detail, (0, 0), max(1.0, scale * 0.01)).astype(np.float32) / 255.0
+        return SwapOutput(
+            image=warped,
+            mask=mask,
+            landmarks68=None,
+            source_scale=matrix_scale(fit_2d),
+            detail_mask=detail_mask * mask if self.keep_detail else None,
+            face_height=scale,
+        )
+
+    def _inner_oval(self, points: FloatArray) -> FloatArray:
+        """Face-oval vertices pulled toward the nose: by `hairline_pull` at the top, none at the chin."""
+        oval = points[list(self.topology.face_oval), :2].astype(np.float64)
+        centre = points[NOSE_BRIDGE, :2].astype(np.float64)
+        down = points[CHIN, :2] - points[FOREHEAD_TOP, :2]
+        down = down / (np.linalg.norm(down) + 1e-6)
+        # 1 at the forehead top, 0 at chin level: how high up the face each oval vertex sits.
+        height = np.clip((np.dot(oval - points[CHIN, :2], -down)) / face_height(points), 0.0, 1.0)
+        pull = self.hairline_pull * height**1.5
+        return (oval + (centre - oval) * pull[:, None]).astype(np.float32)
+
+    def _cheek_band(self, size: int, points: FloatArray, region: np.ndarray) -> np.ndarray:
+        """`region` between the lower eyelids and the mouth corners: skin on nearly every face."""
+        top = float(points[list(self.topology.left_eye) + list(self.topology.right_eye), 1].max())
+        bottom = float(points[[MOUTH_LEFT, MOUTH_RIGHT], 1].min())
+        band = np.zeros_like(region)
+        if bottom > top:
+            band[int(top) : int(np.ceil(bottom)) + 1] = 255
+        return cv2.bitwise_and(region, band)
+
+    def _feature_mask(self, size: int, points: FloatArray, scale: float) -> np.ndarray:
+        features = np.zeros((size, size), np.uint8)
+        for loop in self._inner_features:
+            features |= polygon_mask(size, points[loop])
+        return cv2.dilate(features, _ellipse(scale * 0.04))
+
+    def _mask(
+        self,
+        crop: AlignedCrop,
+        target_face: Face,
+        warped: ImageRGB,
+        map_x: np.ndarray,
+        map_y: np.ndarray,
+        identity: Identity,
+        dst_pts: FloatArray,
+        oval: np.ndarray,
+        features: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Feathered swap mask, plus the occluded pixels (target or identity non-face) it leaves out."""
+        scale = face_height(dst_pts)
+        if self.parser is not None:
+            target_labels = self.parser(crop.image, target_face.box)
+            id_labels = self.parser(identity.reference_crop, _points_box(identity.reference_mesh))
+            warped_labels = cv2.remap(id_labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+            face_classes = np.array(FACE_CLASSES)
+            not_face = ~(np.isin(target_labels, face_classes) & np.isin(warped_labels, face_classes))
+            occluded = cv2.bitwise_and(oval, not_face.astype(np.uint8) * 255)
+        else:
+            # No parser: the mesh's oval pulled in at the forehead and temples, where hair most often
+            # crosses a face, minus pixels that look like neither person's skin (the target's fringe,
+            # glasses frames, hands or beard; the identity's fringe or beard).
+            inner = polygon_mask(crop.size, self._inner_oval(dst_pts))
+            region = cv2.bitwise_and(oval, cv2.bitwise_not(features))
+            # Colour statistics from the upper cheeks and nose only: a beard or fringe would join them.
+            band = self._cheek_band(crop.size, dst_pts, region)
+            both_skin = cv2.bitwise_and(skin_colour_match(crop.image, band), skin_colour_match(warped, band))
+            not_skin = cv2.bitwise_and(region, cv2.bitwise_not(both_skin))
+            occluded = cv2.bitwise_or(cv2.bitwise_and(oval, cv2.bitwise_not(inner)), not_skin)
+        # Specks are colour noise, not occluders; what remains is grown slightly to cover its own edge.
+        occluded = cv2.morphologyEx(occluded, cv2.MORPH_OPEN, _ellipse(scale * 0.025))
+        occluded = cv2.dilate(occluded, _ellipse(scale * 0.015))
+        # The outer edge is pulled in from the oval and feathered inwards only, so the target's outline,
+        # ears and hair are never painted over; occluders get a narrower soft edge.
+        sigma = max(1.0, scale * self.feather)
+        outer = cv2.erode(oval, _ellipse(scale * self.erode * 2))
+        outer_soft = np.minimum(cv2.GaussianBlur(cv2.erode(outer, _ellipse(sigma * 2)), (0, 0), sigma), outer)
+        hole_sigma = max(1.0, sigma / 3)
+        holes = np.maximum(cv2.GaussianBlur(occluded, (0, 0), hole_sigma), occluded)
+        mask = (outer_soft.astype(np.float32) * (1.0 - holes.astype(np.float32) / 255.0)).astype(np.uint8)
+        return mask, occluded
+
+
+def _points_box(points: FloatArray | None) -> FloatArray:
+    if points is None:
+        return np.zeros(4, np.float32)
+    p = np.asarray(points)[:, :2]
+    return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()], np.float32)
