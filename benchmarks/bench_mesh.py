@@ -10,16 +10,18 @@ default settings and, for BlazeFace, without tiles as well. The mesh runs on the
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from portraitforge.imageio import load_image
-from portraitforge.models.mediapipe_face import BlazeFaceDetector, FaceMesh, YuNetDetector
+from portraitforge.models.mediapipe_face import BlazeFaceDetector, Detection, FaceMesh, YuNetDetector
 from portraitforge.samples import insightface_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -63,6 +65,8 @@ def main() -> None:
         ),
     }
     group = load_image(insightface_image("t1.jpg")).rgb
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average {load} on {os.cpu_count()} CPUs: other processes inflate these times")
     print(f"detectors on t1.jpg (6 faces), median of {args.repeats}:")
     print(f"{'detector':40s} {'640 px':>16s} {'1024 px':>16s}")
     for name, detector in detectors.items():
@@ -70,7 +74,7 @@ def main() -> None:
         for side in (640, 1024):
             image = resized(group, side)
             found = len(detector.detect(image))
-            cells.append(f"{median_ms(lambda d=detector, i=image: d.detect(i), args.repeats):7.2f} ms ({found})")
+            cells.append(f"{median_ms(partial(detector.detect, image), args.repeats):7.2f} ms ({found})")
         print(f"{name:40s} {cells[0]:>16s} {cells[1]:>16s}")
 
     mesh = FaceMesh.load(models / "mediapipe" / "face_landmark.tflite")
@@ -87,7 +91,7 @@ def main() -> None:
         return
     crop = np.zeros((1, 192, 192, 3), np.float32)
     print(f"\nface mesh on {len(cases)} photos (median over photos of the per-photo median):")
-    rows = {
+    rows: dict[str, Callable[[np.ndarray, Detection], object]] = {
         "model call only (192x192 tensor)": lambda image, face: mesh.model.run(crop),
         "one pass (crop + model + map back)": lambda image, face: mesh.run(image, mesh.initial_roi(face)),
         "fit, refine=0": lambda image, face: mesh.fit(image, face, refine=0),
@@ -95,9 +99,7 @@ def main() -> None:
         "fit, refine=2": lambda image, face: mesh.fit(image, face, refine=2),
     }
     for name, call in rows.items():
-        per_photo = [
-            median_ms(lambda c=call, i=image, f=face: c(i, f), max(3, args.repeats // 4)) for image, face in cases
-        ]
+        per_photo = [median_ms(partial(call, image, face), max(3, args.repeats // 4)) for image, face in cases]
         print(f"{name:40s} {statistics.median(per_photo):7.2f} ms")
 
 

@@ -23,15 +23,31 @@ class RefineConfig(BaseModel):
     select: Literal["largest", "all", "index", "reference"] = Field("largest", description="which faces to refine")
     face_index: int = Field(0, ge=0, description="face number for select=index (reading order)")
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps the target, 1 is the full identity")
-    analyzer: Literal["auto", "dlib", "insightface"] = Field(
-        "dlib", description="face analysis: dlib (embedded), insightface (SCRFD+ArcFace files), auto (best present)"
+    analyzer: Literal["auto", "mesh", "dlib", "insightface"] = Field(
+        "auto",
+        description="face analysis: mesh (MediaPipe detector + 468-point mesh), dlib (HOG + 68 points), "
+        "insightface (SCRFD + ArcFace files); auto follows the swap engine",
+    )
+    face_detector: Literal["auto", "blazeface", "yunet"] = Field(
+        "auto", description="mesh analyzer's detector: blazeface (MediaPipe full range), yunet, auto (yunet if present)"
     )
     descriptor_backend: Literal["auto", "dlib", "torch"] = Field(
         "auto", description="dlib 128-d descriptor: torch port (8x faster, checked against dlib) or dlib itself"
     )
-    swap_engine: Literal["landmark", "inswapper"] = Field(
-        "landmark", description="landmark (embedded, dlib identities) or inswapper (inswapper_128, ArcFace identities)"
+    swap_engine: Literal["mesh", "landmark", "inswapper"] = Field(
+        "mesh",
+        description="mesh (embedded, 468-point mesh warp), landmark (embedded, 68-point warp) or inswapper "
+        "(inswapper_128 files, ArcFace identities)",
     )
+    parsing: Literal["auto", "on", "off"] = Field(
+        "auto", description="mesh engine: face-parsing masks (BiSeNetV2 file); auto uses it when it is in the store"
+    )
+    grader: Literal["auto", "mobilefacenet", "dlib", "none"] = Field(
+        "auto",
+        description="second recogniser for quality.grader, one the engine does not steer with; auto: "
+        "mobilefacenet for the embedded engines, dlib for inswapper",
+    )
+    keep_detail: bool = Field(True, description="keep the photo's fine skin detail on the swapped face")
     swap_order: Literal["upscale-swap", "swap-upscale"] = Field(
         "upscale-swap", description="inswapper: upscale the target crop before the swap, or the swapped face after"
     )
@@ -83,19 +99,29 @@ class RefineConfig(BaseModel):
     def _check_engine_pairing(self) -> RefineConfig:
         # Identities never cross embedding spaces, and each engine needs what its analyzer gives.
         if self.swap_engine == "landmark" and self.analyzer == "insightface":
-            raise ValueError("the landmark swap engine needs dlib's 68 landmarks: use analyzer dlib (or auto)")
-        if self.swap_engine == "inswapper" and self.analyzer == "dlib":
+            raise ValueError("the landmark swap engine needs 68 landmarks: use analyzer dlib, mesh (or auto)")
+        if self.swap_engine == "mesh" and self.analyzer not in ("auto", "mesh"):
+            raise ValueError("the mesh swap engine needs the 468-point mesh: use analyzer mesh (or auto)")
+        if self.swap_engine == "inswapper" and self.analyzer in ("dlib", "mesh"):
             raise ValueError("the inswapper engine needs ArcFace embeddings: use analyzer insightface (or auto)")
-        if self.gender != "any" and self.analyzer == "dlib":
+        if self.gender != "any" and self.resolved_analyzer != "insightface":
             raise ValueError("gender selection needs the insightface analyzer (genderage model)")
+
         return self
 
     @property
-    def resolved_analyzer(self) -> Literal["auto", "dlib", "insightface"]:
+    def resolved_analyzer(self) -> Literal["mesh", "dlib", "insightface"]:
         """`auto` follows the swap engine: the engine decides which embedding space is usable."""
         if self.analyzer != "auto":
             return self.analyzer
-        return "insightface" if self.swap_engine == "inswapper" else "dlib"
+        return {"inswapper": "insightface", "mesh": "mesh", "landmark": "dlib"}[self.swap_engine]  # type: ignore[return-value]
+
+    @property
+    def resolved_grader(self) -> Literal["mobilefacenet", "dlib", "none"]:
+        """A grader independent of the engine: MobileFaceNet unless the engine is ArcFace-driven."""
+        if self.grader != "auto":
+            return self.grader
+        return "dlib" if self.swap_engine == "inswapper" else "mobilefacenet"
 
     @property
     def parsed_resolution(self) -> Resolution:

@@ -123,6 +123,37 @@ class SwapOutput:
     face_height: float | None = None  # face height in crop pixels (the unit of size-relative stages)
 
 
+@dataclass(frozen=True)
+class GraderScore:
+    """A second recogniser's verdict (one the engine never steers with): cosine similarities."""
+
+    model: str
+    identity_similarity: float  # result face -> identity
+    original_similarity: float  # result face -> the original target face
+    threshold: float  # the grader's same-person similarity
+
+    @property
+    def passed(self) -> bool:
+        return self.identity_similarity >= self.threshold and self.identity_similarity > self.original_similarity
+
+    @property
+    def score(self) -> int:
+        """0-100 at a glance: 50 at the same-person threshold, 100 at a perfect match."""
+        span = 1.0 - self.threshold
+        value = 50.0 + 50.0 * (self.identity_similarity - self.threshold) / span if span > 0 else 0.0
+        return int(round(min(100.0, max(0.0, value))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "identity_similarity": round(self.identity_similarity, 4),
+            "original_similarity": round(self.original_similarity, 4),
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "score": self.score,
+        }
+
+
 @dataclass
 class FaceQuality:
     identity_distance: float | None  # result face -> identity (same embedding space)
@@ -131,6 +162,7 @@ class FaceQuality:
     target_sharpness: float  # same measure on the target before the swap
     seam_score: float  # gradient jump across the mask edge relative to its surroundings (1 = none)
     source_scale: float = 1.0  # how much the identity's (or model's) pixels were enlarged onto the face
+    grader: GraderScore | None = None  # the independent recogniser's verdict, when one is loaded
 
 
 @dataclass
@@ -159,6 +191,7 @@ class FaceReport:
                 "target_sharpness": round(q.target_sharpness, 2),
                 "seam_score": round(q.seam_score, 4),
                 "source_scale": round(q.source_scale, 3),
+                "grader": None if q.grader is None else q.grader.to_dict(),
             }
         return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from portraitforge.errors import NoFaceError
-from portraitforge.refiners.align import align_face, native_crop_size, transform_points
+from portraitforge.refiners.align import align_face, native_crop_size, points_to_crop, transform_points
 from portraitforge.refiners.base import FaceAnalyzer
 from portraitforge.types import Identity, ImageRGB
 
@@ -31,4 +31,5 @@ def identity_from_image(analyzer: FaceAnalyzer, image: ImageRGB, name: str, sour
         reference_crop=crop.image,
         reference_landmarks68=transform_points(landmarks, crop.matrix),
         sources=[digest],
+        reference_mesh=None if face.mesh is None else points_to_crop(face.mesh, crop.matrix),
     )

@@ -225,6 +225,11 @@ class FaceParser:
         out = self.model.run(to_model_input(x, self.model.inputs[0]))[0]
         return FaceParsing(labels=self._labels(out), matrix=matrix)
 
+    def labels(self, image_rgb: ImageRGB, face_box: FloatArray) -> LabelMap:
+        """Class ids for every pixel of `image_rgb` (e.g. an aligned face crop); outside the parser's view
+        is background."""
+        return self.parse(image_rgb, face_box).labels_full(image_rgb.shape)
+
     def _labels(self, out: np.ndarray) -> LabelMap:
         # This file ends in an in-graph argmax ([S,S] int64); other exports give [1,S,S,19] scores.
         y = from_model_output(out, self.model.outputs[0])

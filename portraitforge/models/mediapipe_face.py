@@ -1,6 +1,7 @@
 """MediaPipe BlazeFace detectors, OpenCV's YuNet detector and the 468-point MediaPipe face mesh.
 
-Model level only: each class takes an RGB uint8 image and returns image-pixel geometry.
+Model level only: each class takes an RGB uint8 image and returns image-pixel geometry. Instances hold
+a TFLite interpreter or an OpenCV net, which are not thread-safe: use one per thread.
 
 Keypoint orders (checked on frontal photos in ../shared/faces):
 - BlazeFace, MediaPipe's 6 keypoints: right eye, left eye, nose tip, mouth centre, right ear tragion,
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import cv2
@@ -50,6 +53,7 @@ class Detection:
 
     @property
     def size(self) -> float:
+        """Longer side of the box."""
         return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
@@ -162,8 +166,9 @@ class BlazeFaceDetector:
     """MediaPipe BlazeFace (short range 128 px or full range 192 px) with MediaPipe's decoding and NMS.
 
     `tiles` > 1 also runs the model on a `tiles` x `tiles` grid of overlapping squares and merges
-    everything with the same weighted NMS: at 128/192 px input a face under ~1/10 of the image side
-    is too small for one pass (see tests/test_mediapipe_face.py for the counts).
+    everything with the same weighted NMS. One pass over the whole image finds faces down to ~10% of
+    the image side (short range) or ~5% (full range); full range with 2x2 tiles goes down to ~2.5%
+    (synthetic faces in a 1600 px frame; t1.jpg's counts are in tests/test_mediapipe_face.py).
     """
 
     model: LiteModel = field(repr=False)
@@ -183,7 +188,8 @@ class BlazeFaceDetector:
         if side not in configs:
             raise ModelUnavailableError(f"{Path(path).name}: input {side} px is neither BlazeFace short nor full range")
         config = configs[side]
-        # Full range at 192 px misses faces under ~1/8 of the side; a 2x2 grid costs 5 calls of ~3 ms.
+        # Full range: tiles find the group-photo faces one pass misses, for 5 model calls instead of 1.
+        # Short range is a selfie model; tiling it raised a false positive on a portrait, so it stays off.
         default_tiles = 2 if config is FULL_RANGE else 1
         return cls(
             model=model,
@@ -261,7 +267,11 @@ class BlazeFaceDetector:
 
 @dataclass
 class YuNetDetector:
-    """OpenCV's YuNet: box, score and 5 keypoints in ArcFace order, on a copy at most `detect_max_side`."""
+    """OpenCV's YuNet: box, score and 5 keypoints in ArcFace order, on a copy at most `detect_max_side`.
+
+    score_threshold 0.7 rather than OpenCV's 0.9: t1.jpg's faces score 0.88-0.93 and the selfie's cut
+    faces 0.80, while no portrait in ../shared/faces gave a second detection above 0.7.
+    """
 
     detector: cv2.FaceDetectorYN = field(repr=False)
     detect_max_side: int | None = 1024
@@ -366,11 +376,9 @@ class BoxRoi:
 # Measured on ../shared/faces against the square the mesh settles on (MediaPipe's landmarks -> ROI step,
 # 1.5x the mesh's extent, after 3 refinements): BlazeFace boxes need 1.54x (MediaPipe uses 1.5), YuNet's
 # taller boxes 1.33x and a centre 0.06 box heights lower, dlib's HOG boxes 1.73x. Other boxes get 1.6x.
-BOX_ROIS: dict[str, BoxRoi] = {
-    "blazeface": BoxRoi(1.5, 0.0),
-    "yunet": BoxRoi(1.33, 0.06),
-    "box": BoxRoi(1.6, 0.0),
-}
+BOX_ROIS: Mapping[str, BoxRoi] = MappingProxyType(
+    {"blazeface": BoxRoi(1.5, 0.0), "yunet": BoxRoi(1.33, 0.06), "box": BoxRoi(1.6, 0.0)}
+)
 # ArcFace 5 points alone: the settled side is ~3.85x max(eye distance, eye-mid to mouth-mid), centre 0.036 of
 # that above the mid-point between eye-mid and mouth-mid.
 KPS5_ROI = BoxRoi(3.85, -0.036)
@@ -452,7 +460,7 @@ class FaceMesh:
     model: LiteModel = field(repr=False)
     refine: int = 1
     mesh_scale: float = 1.5
-    box_rois: dict[str, BoxRoi] = field(default_factory=lambda: dict(BOX_ROIS))
+    box_rois: Mapping[str, BoxRoi] = field(default_factory=lambda: BOX_ROIS)
     input_size: int = 192
 
     @classmethod
@@ -464,11 +472,14 @@ class FaceMesh:
         return cls(model=model, refine=refine)
 
     def initial_roi(self, target: MeshTarget) -> Roi:
-        """First-pass ROI from a Detection, a Face (box + kps5 eyes), a box (4,), ArcFace kps5 (5, 2)
-        or BlazeFace keypoints (6, 2)."""
+        """First-pass ROI from a Detection, a Face (its mesh if it has one, else box + kps5 eyes), a box (4,),
+        ArcFace kps5 (5, 2) or BlazeFace keypoints (6, 2)."""
         if isinstance(target, Detection):
             return roi_from_box(target.box, target.eyes, self.box_rois[target.detector])
         if isinstance(target, Face):
+            mesh = getattr(target, "mesh", None)  # a Face that already has a mesh: start from its settled ROI
+            if mesh is not None:
+                return self.roi_from_mesh(np.asarray(mesh))
             return roi_from_box(target.box, target.kps5[:2], self.box_rois["box"])
         arr = np.asarray(target, np.float64)
         if arr.shape == (4,):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def _join_chains(edges: list[Edge], surface: set[Edge]) -> list[int]:
     raise ValueError("the two chains do not meet through tessellation edges")
 
 
-def fill_loop(loop: list[int], corners: tuple[int, int]) -> np.ndarray:
+def fill_loop(loop: Sequence[int], corners: tuple[int, int]) -> np.ndarray:
     """(len(loop) - 2, 3) triangles closing a hole, zipped between the two sides that meet at `corners`."""
     i0, i1 = loop.index(corners[0]), loop.index(corners[1])
     n = len(loop)
@@ -153,25 +154,26 @@ def fill_loop(loop: list[int], corners: tuple[int, int]) -> np.ndarray:
     return np.asarray(tris, np.int32)
 
 
-@dataclass(frozen=True)
+@dataclass
 class MeshTopology:
-    """Triangles and ordered contours of the 468-point mesh (vertex indices)."""
+    """Triangles and ordered contours of the 468-point mesh (vertex indices). Treat as read-only: one
+    instance is shared by every face (plain lists so that it satisfies swap_mesh's MeshTopology protocol)."""
 
     triangles: np.ndarray  # (T, 3) int32, T = 852: the surface without mouth and eye openings
-    face_oval: tuple[int, ...]
-    left_eye: tuple[int, ...]  # subject's left = image-right
-    right_eye: tuple[int, ...]  # subject's right = image-left
-    left_brow: tuple[int, ...]
-    right_brow: tuple[int, ...]
-    lips_outer: tuple[int, ...]
-    lips_inner: tuple[int, ...]
+    face_oval: list[int]
+    left_eye: list[int]  # subject's left = image-right
+    right_eye: list[int]  # subject's right = image-left
+    left_brow: list[int]
+    right_brow: list[int]
+    lips_outer: list[int]
+    lips_inner: list[int]
     edges: dict[str, list[Edge]] = field(repr=False)  # every edge set of the file, by its name
 
     @classmethod
     def from_connections_file(cls, path: str | os.PathLike[str]) -> MeshTopology:
         sets = read_edge_sets(path)
-        required = ("FACEMESH_TESSELATION", "FACEMESH_FACE_OVAL", "FACEMESH_LIPS", "FACEMESH_LEFT_EYE")
-        missing = [n for n in (*required, "FACEMESH_RIGHT_EYE", "FACEMESH_LEFT_EYEBROW") if n not in sets]
+        required = ("TESSELATION", "FACE_OVAL", "LIPS", "LEFT_EYE", "RIGHT_EYE", "LEFT_EYEBROW", "RIGHT_EYEBROW")
+        missing = [f"FACEMESH_{n}" for n in required if f"FACEMESH_{n}" not in sets]
         if missing:
             raise BadInputError(f"{path}: not MediaPipe's face_mesh_connections.py (missing {', '.join(missing)})")
         tessellation = sets["FACEMESH_TESSELATION"]
@@ -186,19 +188,19 @@ class MeshTopology:
             inner, outer = sorted(lips, key=lambda loop: _mean_use(loop, uses))
             return cls(
                 triangles=triangles,
-                face_oval=tuple(_closed_loop(sets["FACEMESH_FACE_OVAL"])),
-                left_eye=tuple(_closed_loop(sets["FACEMESH_LEFT_EYE"])),
-                right_eye=tuple(_closed_loop(sets["FACEMESH_RIGHT_EYE"])),
-                left_brow=tuple(_join_chains(sets["FACEMESH_LEFT_EYEBROW"], surface)),
-                right_brow=tuple(_join_chains(sets["FACEMESH_RIGHT_EYEBROW"], surface)),
-                lips_outer=tuple(outer),
-                lips_inner=tuple(inner),
+                face_oval=_closed_loop(sets["FACEMESH_FACE_OVAL"]),
+                left_eye=_closed_loop(sets["FACEMESH_LEFT_EYE"]),
+                right_eye=_closed_loop(sets["FACEMESH_RIGHT_EYE"]),
+                left_brow=_join_chains(sets["FACEMESH_LEFT_EYEBROW"], surface),
+                right_brow=_join_chains(sets["FACEMESH_RIGHT_EYEBROW"], surface),
+                lips_outer=outer,
+                lips_inner=inner,
                 edges=sets,
             )
         except (KeyError, ValueError) as exc:
             raise BadInputError(f"{path}: unexpected face mesh connections ({exc})") from None
 
-    def triangles_within(self, vertices: tuple[int, ...]) -> np.ndarray:
+    def triangles_within(self, vertices: Sequence[int]) -> np.ndarray:
         """Triangles whose three vertices all belong to `vertices` (e.g. inside the mouth opening)."""
         members = np.isin(self.triangles, np.asarray(vertices)).all(axis=1)
         return self.triangles[members]
@@ -215,16 +217,16 @@ class MeshTopology:
     def hole_fill(self) -> dict[str, np.ndarray]:
         """Triangles closing the mouth and eye openings (18 + 14 + 14): the canonical model's 898 with `triangles`."""
         return {
-            "mouth": fill_loop(list(self.lips_inner), INNER_LIP_CORNERS),
-            "right_eye": fill_loop(list(self.right_eye), IMAGE_LEFT_EYE_CORNERS),
-            "left_eye": fill_loop(list(self.left_eye), IMAGE_RIGHT_EYE_CORNERS),
+            "mouth": fill_loop(self.lips_inner, INNER_LIP_CORNERS),
+            "right_eye": fill_loop(self.right_eye, IMAGE_LEFT_EYE_CORNERS),
+            "left_eye": fill_loop(self.left_eye, IMAGE_RIGHT_EYE_CORNERS),
         }
 
     def closed_triangles(self) -> np.ndarray:
         """(898, 3): the surface with its mouth and eye openings filled."""
         return np.concatenate([self.triangles, *self.hole_fill().values()])
 
-    def polygon(self, points: FloatArray, loop: tuple[int, ...]) -> FloatArray:
+    def polygon(self, points: FloatArray, loop: Sequence[int]) -> FloatArray:
         """(len(loop), 2) image points of a contour, ready for cv2.fillPoly after rounding."""
         return np.asarray(points)[list(loop), :2]
 

@@ -22,11 +22,20 @@ from portraitforge.embeddings_cache.resolve import assign_by_nearest
 from portraitforge.errors import BadInputError, NoFaceError, ParameterError, PortraitForgeError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.store import ModelStore
+from portraitforge.pipelines.stages import load_analyzer, load_grader, load_mesh_swapper
 from portraitforge.refiners.adjust import FaceAdjuster
-from portraitforge.refiners.align import align_face, native_crop_size, transform_points, upscale_matrix
+from portraitforge.refiners.align import (
+    align_face,
+    native_crop_size,
+    points_to_crop,
+    transform_points,
+    upscale_matrix,
+)
 from portraitforge.refiners.base import FaceAnalyzer, Swapper, Upscaler
 from portraitforge.refiners.blend import FaceBlender
+from portraitforge.refiners.detail import DetailKeeper
 from portraitforge.refiners.detect import DlibFaceAnalyzer, select_faces
+from portraitforge.refiners.grade import IdentityGrader
 from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_mask_to_frame
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
 from portraitforge.refiners.swap import LandmarkSwapper
@@ -74,10 +83,11 @@ class RefinePipeline:
     config: RefineConfig = field(default_factory=RefineConfig)
     frame_upscaler: Upscaler = field(default_factory=NoUpscaler)  # whole-frame enlargement (output > input)
     onnx_pool: OnnxSessionPool | None = None  # shared ONNX sessions (insightface/inswapper), reused by with_config
-    # Landmark engine: the identity's reference crop enlarged once by `upscaler`, per identity.
-    _reference_cache: dict[tuple[str, str], tuple[ImageRGB, FloatArray]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    grader: IdentityGrader | None = None  # a second recogniser the engine never steers with
+    detail: DetailKeeper | None = None  # the photo's own fine skin detail on the swapped face
+    # Embedded engines: the identity's reference crop (enlarged once by `upscaler`) and its mesh, per identity.
+    _reference_cache: dict[tuple[str, str, int], Identity] = field(default_factory=dict, init=False, repr=False)
+    _grader_cache: dict[tuple[str, str], FloatArray] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_config(
@@ -96,12 +106,16 @@ class RefinePipeline:
         store = model_store if model_store is not None else ModelStore.from_dir(cfg.models_dir)
         pool = onnx_pool if onnx_pool is not None else OnnxSessionPool()
         if analyzer is None:
-            analyzer = _load_analyzer(cfg, store, pool)
-        if cfg.swap_engine == "inswapper":
+            analyzer = load_analyzer(cfg, store, pool)
+        if cfg.swap_engine == "mesh":
+            if getattr(analyzer, "mesh", None) is None:
+                raise ParameterError("the mesh swap engine needs the mesh analyzer (analyzer: mesh)")
+            swapper: Swapper = load_mesh_swapper(cfg, store)
+        elif cfg.swap_engine == "inswapper":
             if analyzer.embedding_space != ARCFACE_SPACE:
                 raise ParameterError("the inswapper engine needs an ArcFace analyzer (analyzer: insightface)")
             # The inswapper stage applies the upscaler itself, in its measured order (see swap_order).
-            swapper: Swapper = build_swapper(cfg, store, pool, upscaler=upscaler, embedder=analyzer)
+            swapper = build_swapper(cfg, store, pool, upscaler=upscaler, embedder=analyzer)
         else:
             if analyzer.embedding_space == ARCFACE_SPACE:
                 raise ParameterError("the landmark swap engine needs the dlib analyzer (68 landmarks)")
@@ -113,10 +127,12 @@ class RefinePipeline:
             adjuster=FaceAdjuster(
                 smoothing=cfg.smoothing, brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation
             ),
-            blender=FaceBlender(mode=cfg.blend),
+            blender=FaceBlender(mode=cfg.blend, interpolation="cubic"),
             config=cfg,
             frame_upscaler=upscaler if cfg.frame_upscaler == cfg.upscaler else build_upscaler(cfg.frame_upscaler),
             onnx_pool=pool,
+            grader=load_grader(cfg, store, analyzer),
+            detail=DetailKeeper() if cfg.keep_detail else None,
         )
 
     def with_config(self, config: RefineConfig) -> RefinePipeline:
@@ -135,7 +151,8 @@ class RefinePipeline:
         return self.config.model_dump()
 
     def stages(self) -> list[Any]:
-        return [self.analyzer, self.swapper, self.upscaler, self.adjuster, self.blender]
+        optional = [stage for stage in (self.detail, self.grader) if stage is not None]
+        return [self.analyzer, self.swapper, self.upscaler, self.adjuster, self.blender, *optional]
 
     def __call__(
         self,
@@ -222,7 +239,7 @@ class RefinePipeline:
                 continue  # strength 0 gives the target back untouched
             result, frame_mask, source_scale = self._refine_face(result, face, ident, timer)
             with timer("grade"):
-                quality = self._grade(result, original, face, frame_mask, ident.embeddings[space], source_scale)
+                quality = self._grade(result, original, face, frame_mask, ident, source_scale)
             face_report.quality = quality
             thresholds = QualityThresholds(cfg.max_identity_distance, cfg.max_seam_score, cfg.min_sharpness_ratio)
             problems += [f"face {index}: {p}" for p in thresholds.problems(quality, face.landmarks_confidence)]
@@ -271,38 +288,61 @@ class RefinePipeline:
             crop = align_face(frame, face.kps5, size, cfg.crop_margin)
         with timer("upscale"):
             identity = self._identity_for_crop(identity, crop.size)
-        landmarks = face.landmarks68 if face.landmarks68 is not None else face.kps5
-        face_in_crop = replace(
-            face,
-            kps5=transform_points(face.kps5, crop.matrix),
-            landmarks68=transform_points(landmarks, crop.matrix) if face.landmarks68 is not None else None,
-        )
+        face_in_crop = face_to_crop(face, crop.matrix)
         with timer("swap"):
             swapped = self.swapper(crop, face_in_crop, identity, cfg.strength)
         with timer("adjust"):
             adjusted = self.adjuster(swapped.image, swapped.mask)
         with timer("blend"):
             blended = self.blender(frame, adjusted, swapped.mask, crop.inverse)
+        if self.detail is not None and swapped.detail_mask is not None and swapped.face_height:
+            with timer("detail"):
+                blended = self.detail(blended, frame, swapped.detail_mask, crop.inverse, swapped.face_height)
         frame_mask = warp_mask_to_frame(swapped.mask, crop.inverse, frame.shape)
         return blended, frame_mask, swapped.source_scale
 
     def _identity_for_crop(self, identity: Identity, crop_size: int) -> Identity:
-        """The landmark engine paints the identity's reference pixels into the target, so the reference crop is
+        """The embedded engines paint the identity's reference pixels into the target, so the reference crop is
         what the upscaler enlarges (once per identity), when it is smaller than the target face crop. Enlarging
-        the target crop instead would only sharpen pixels the swap replaces. The inswapper engine upscales the
+        the target crop instead would only sharpen pixels the swap replaces. The mesh engine also needs the
+        reference's mesh (fitted once when the identity came from the store). The inswapper engine upscales the
         target crop itself (see `swap_order`)."""
-        if self.upscaler.scale == 1 or self.config.swap_engine != "landmark":
+        engine = self.config.swap_engine
+        if engine == "inswapper":
             return identity
-        reference = identity.reference_crop
-        if reference.shape[0] >= crop_size:
+        enlarge = self.upscaler.scale > 1 and identity.reference_crop.shape[0] < crop_size
+        needs_mesh = engine == "mesh" and identity.reference_mesh is None
+        if not enlarge and not needs_mesh:
             return identity
-        key = (identity.name, hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest())
+        digest = hashlib.sha256(np.ascontiguousarray(identity.reference_crop).tobytes()).hexdigest()
+        key = (identity.name, digest, int(enlarge))
         if key not in self._reference_cache:
-            enlarged = self.upscaler(reference)
-            matrix = upscale_matrix(enlarged.shape[0] / reference.shape[0])
-            self._reference_cache[key] = (enlarged, transform_points(identity.reference_landmarks68, matrix))
-        image, landmarks = self._reference_cache[key]
-        return replace(identity, reference_crop=image, reference_landmarks68=landmarks)
+            prepared = identity
+            if needs_mesh:
+                fit_mesh = getattr(self.analyzer, "fit_mesh", None)
+                if fit_mesh is None:
+                    raise ParameterError("the mesh swap engine needs the mesh analyzer (analyzer: mesh)")
+                kps5 = reference_kps5(identity)
+                prepared = replace(prepared, reference_mesh=fit_mesh(identity.reference_crop, kps5))
+            if enlarge:
+                image = self.upscaler(prepared.reference_crop)
+                factor = image.shape[0] / prepared.reference_crop.shape[0]
+                matrix = upscale_matrix(factor)
+                mesh = prepared.reference_mesh
+                prepared = replace(
+                    prepared,
+                    reference_crop=image,
+                    reference_landmarks68=transform_points(prepared.reference_landmarks68, matrix),
+                    reference_mesh=None if mesh is None else points_to_crop(mesh, matrix),
+                )
+            self._reference_cache[key] = prepared
+        cached = self._reference_cache[key]
+        return replace(
+            identity,
+            reference_crop=cached.reference_crop,
+            reference_landmarks68=cached.reference_landmarks68,
+            reference_mesh=cached.reference_mesh,
+        )
 
     def _grade(
         self,
@@ -310,9 +350,10 @@ class RefinePipeline:
         original: ImageRGB,
         face: Face,
         frame_mask: np.ndarray,
-        identity_vec: FloatArray,
+        identity: Identity,
         source_scale: float,
     ) -> FaceQuality:
+        identity_vec = identity.embeddings[self.analyzer.embedding_space]
         refit = self.analyzer.landmarks(result, face)
         result_vec = self.analyzer.embed(result, refit)
         original_vec = face.embedding if face.embedding is not None else self.analyzer.embed(original, face)
@@ -324,7 +365,7 @@ class RefinePipeline:
             pad = 8
             y0, x0 = max(0, ys.min() - pad), max(0, xs.min() - pad)
             y1, x1 = ys.max() + pad + 1, xs.max() + pad + 1
-        return grade_face(
+        quality = grade_face(
             result[y0:y1, x0:x1],
             original[y0:y1, x0:x1],
             frame_mask[y0:y1, x0:x1],
@@ -332,6 +373,21 @@ class RefinePipeline:
             original_distance=self.analyzer.distance(result_vec, original_vec),
             source_scale=source_scale,
         )
+        if self.grader is not None:
+            grader = self.grader
+            quality.grader = grader.score(result, refit, grader.embed(original, face), self._grader_identity(identity))
+        return quality
+
+    def _grader_identity(self, identity: Identity) -> FloatArray:
+        """The identity in the grader's space: stored (the store keeps it), else from its reference crop, once."""
+        assert self.grader is not None
+        stored = identity.embeddings.get(self.grader.embedding_space)
+        if stored is not None:
+            return stored
+        key = (identity.name, hashlib.sha256(np.ascontiguousarray(identity.reference_crop).tobytes()).hexdigest())
+        if key not in self._grader_cache:
+            self._grader_cache[key] = self.grader.identity_embedding(identity)
+        return self._grader_cache[key]
 
 
 def all_identities(identity: IdentityArg) -> list[Identity]:
@@ -350,13 +406,34 @@ def identity_label(identity: IdentityArg) -> str:
     return ",".join(ident.name for ident in identity)
 
 
-def _load_analyzer(cfg: RefineConfig, store: ModelStore, pool: OnnxSessionPool) -> FaceAnalyzer:
-    if cfg.resolved_analyzer == "insightface":
-        from portraitforge.refiners.detect_insightface import InsightFaceAnalyzer
+def face_to_crop(face: Face, matrix: FloatArray) -> Face:
+    """`face` in the coordinates of the crop that `matrix` (image -> crop) produces."""
+    corners = transform_points(
+        np.array(
+            [
+                [face.box[0], face.box[1]],
+                [face.box[2], face.box[1]],
+                [face.box[0], face.box[3]],
+                [face.box[2], face.box[3]],
+            ],
+            np.float32,
+        ),
+        matrix,
+    )
+    return replace(
+        face,
+        box=np.array([*corners.min(0), *corners.max(0)], np.float32),
+        kps5=transform_points(face.kps5, matrix),
+        landmarks68=None if face.landmarks68 is None else transform_points(face.landmarks68, matrix),
+        mesh=None if face.mesh is None else points_to_crop(face.mesh, matrix),
+    )
 
-        gender = None if cfg.gender == "any" else cfg.gender
-        return InsightFaceAnalyzer.load(store=store, pool=pool, gender=gender)
-    return DlibFaceAnalyzer.load(descriptor_backend=cfg.descriptor_backend, detect_max_side=cfg.detect_max_side)
+
+def reference_kps5(identity: Identity) -> FloatArray:
+    from portraitforge.refiners.detect import kps5_from_landmarks68
+
+    landmarks = identity.reference_landmarks68
+    return kps5_from_landmarks68(landmarks) if len(landmarks) == 68 else np.asarray(landmarks[:5], np.float32)
 
 
 def _no_face() -> PortraitForgeError:

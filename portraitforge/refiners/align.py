@@ -100,3 +100,10 @@ def upscale_matrix(factor: float) -> np.ndarray:
     (cv2.resize, and the nearest/pixel-shuffle upsampling of ESRGAN-style nets): x' = f x + (f - 1) / 2."""
     shift = (factor - 1.0) / 2.0
     return np.array([[factor, 0.0, shift], [0.0, factor, shift]], np.float64)
+
+
+def points_to_crop(points: FloatArray, matrix: FloatArray) -> FloatArray:
+    """Mesh points (x, y, z) through a 2x3 similarity: x, y transformed, z scaled like them."""
+    xy = transform_points(np.asarray(points)[:, :2], matrix)
+    z = np.asarray(points)[:, 2:3] * matrix_scale(matrix)
+    return np.concatenate([xy, z], axis=1).astype(np.float32)

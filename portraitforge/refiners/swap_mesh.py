@@ -16,11 +16,13 @@ the target's. The rest of the engine:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
+from portraitforge.models.mesh_topology import MeshTopology
 from portraitforge.refiners.align import matrix_scale
 from portraitforge.refiners.swap import lab_color_transfer, lighting_transfer
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
@@ -32,25 +34,8 @@ UPPER_INNER_LIP, LOWER_INNER_LIP, MOUTH_LEFT, MOUTH_RIGHT = 13, 14, 61, 291
 FOREHEAD_TOP, CHIN, NOSE_BRIDGE = 10, 152, 6
 
 
-class MeshTopology(Protocol):
-    """The mesh's triangulation and ordered feature contours (vertex indices)."""
-
-    triangles: np.ndarray  # (T, 3) int
-    face_oval: list[int]
-    left_eye: list[int]
-    right_eye: list[int]
-    left_brow: list[int]
-    right_brow: list[int]
-    lips_outer: list[int]
-    lips_inner: list[int]
-
-
-class ParsingLabels(Protocol):
-    """Per-pixel semantic classes of a face crop (the parser's output), in a given crop's coordinates."""
-
-    def __call__(self, image: ImageRGB, face_box: FloatArray) -> np.ndarray:
-        """uint8 class ids (FaceClass order) of `image`, same height and width."""
-        ...
+# Class ids for every pixel of an image, given the face's box in it (the face parser's `labels`).
+ParsingLabels = Callable[[ImageRGB, FloatArray], np.ndarray]
 
 
 # BiSeNet (CelebAMask-HQ) class ids; the parser module defines the same order.
@@ -235,6 +220,32 @@ class MeshSwapper:
         mask_u8, occluded = self._mask(crop, target_face, warped, map_x, map_y, identity, dst_pts, oval, features)
         if self.color_transfer:
             skin_both = cv2.bitwise_and(skin, cv2.bitwise_not(occluded))
+            warped = self._match_colour(warped, target_on_dst, skin_both, skin, dst_pts, scale)
+        if mouth_mismatch:
+            # Keep the target's mouth shape so its own teeth or closed lips stay consistent.
+            weights[list(topo.lips_outer) + list(topo.lips_inner)] = 0.0
+        dst_pts = target_pts.copy()
+        dst_pts[:, :2] += weights[:, None] * (id_on_target[:, :2] - target_pts[:, :2])
+
+        # dst -> src for pixels outside the mesh: the 2D part of the similarity, inverted.
+        fit_2d = np.zeros((2, 3), np.float64)
+        fit_2d[:, :2] = s * rot[:2, :2]
+        fit_2d[:, 2] = t[:2]
+        outside_id = cv2.invertAffineTransform(fit_2d).astype(np.float32)
+        dst_all, id_all, target_all = (self._with_centres(p) for p in (dst_pts, id_pts, target_pts))
+        map_x, map_y = triangle_warp_maps(id_all, dst_all, self._triangles, size, outside_id)
+        warped = cv2.remap(source, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+        identical = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+        tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
+        # The target's own texture on the new geometry: mixed in by strength, mouth interior, fine detail.
+        target_on_dst = cv2.remap(crop.image, tmap_x, tmap_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+        features = self._feature_mask(size, dst_pts, scale)
+        oval = polygon_mask(size, dst_pts[list(topo.face_oval)])
+        skin = cv2.bitwise_and(oval, cv2.bitwise_not(features))
+        mask_u8, occluded = self._mask(crop, target_face, warped, map_x, map_y, identity, dst_pts, oval, features)
+        if self.color_transfer:
+            skin_both = cv2.bitwise_and(skin, cv2.bitwise_not(occluded))
             warped = lab_color_transfer(warped, target_on_dst, skin_both, skin_both)
             eyes = dst_pts[list(topo.left_eye), :2].mean(0) - dst_pts[list(topo.right_eye), :2].mean(0)
             eye_distance = float(np.linalg.norm(eyes))
@@ -258,6 +269,31 @@ class MeshSwapper:
             detail_mask=detail_mask * mask if self.keep_detail else None,
             face_height=scale,
         )
+
+    def _match_colour(
+        self,
+        warped: ImageRGB,
+        target: ImageRGB,
+        stats_region: np.ndarray,
+        skin: np.ndarray,
+        points: FloatArray,
+        scale: float,
+    ) -> ImageRGB:
+        """The target's skin tone and lighting on the identity's face; eyes, brows and lips keep their own
+        colours (a skin-tone shift would turn blue eyes brown) and only follow the lightness change."""
+        matched = lab_color_transfer(warped, target, stats_region, stats_region)
+        topo = self.topology
+        eyes = points[list(topo.left_eye), :2].mean(0) - points[list(topo.right_eye), :2].mean(0)
+        eye_distance = float(np.linalg.norm(eyes))
+        # A fairly local lighting ratio: hair shadows and side light on the identity photo are a few
+        # eye-widths across or less.
+        matched = lighting_transfer(matched, target, stats_region, sigma=max(2.0, 0.2 * eye_distance), max_gain=2.0)
+        source_lab = cv2.cvtColor(warped, cv2.COLOR_RGB2LAB).astype(np.float32)
+        matched_lab = cv2.cvtColor(matched, cv2.COLOR_RGB2LAB).astype(np.float32)
+        weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, scale * 0.01)).astype(np.float32)[..., None] / 255.0
+        out = matched_lab.copy()
+        out[..., 1:] = matched_lab[..., 1:] * weight + source_lab[..., 1:] * (1.0 - weight)
+        return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
     def _inner_oval(self, points: FloatArray) -> FloatArray:
         """Face-oval vertices pulled toward the nose: by `hairline_pull` at the top, none at the chin."""
@@ -300,12 +336,15 @@ class MeshSwapper:
         """Feathered swap mask, plus the occluded pixels (target or identity non-face) it leaves out."""
         scale = face_height(dst_pts)
         if self.parser is not None:
-            target_labels = self.parser(crop.image, target_face.box)
+            target_labels = self.parser(crop.image, _points_box(target_face.mesh))
             id_labels = self.parser(identity.reference_crop, _points_box(identity.reference_mesh))
             warped_labels = cv2.remap(id_labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
             face_classes = np.array(FACE_CLASSES)
-            not_face = ~(np.isin(target_labels, face_classes) & np.isin(warped_labels, face_classes))
-            occluded = cv2.bitwise_and(oval, not_face.astype(np.uint8) * 255)
+            target_off = (~np.isin(target_labels, face_classes)).astype(np.uint8) * 255
+            # The identity's hair casts shadows on its own skin next to it: keep a margin from it too.
+            identity_off = (~np.isin(warped_labels, face_classes)).astype(np.uint8) * 255
+            identity_off = cv2.dilate(identity_off, _ellipse(scale * 0.05))
+            occluded = cv2.bitwise_and(oval, cv2.bitwise_or(target_off, identity_off))
         else:
             # No parser: the mesh's oval pulled in at the forehead and temples, where hair most often
             # crosses a face, minus pixels that look like neither person's skin (the target's fringe,

@@ -1,0 +1,102 @@
+"""Mesh face analysis: a face detector (MediaPipe BlazeFace or YuNet) plus MediaPipe's 468-point mesh.
+
+Faces come out in the same `Face` shape as the other analyzers: box, score, ArcFace-order kps5, the iBUG 68
+points approximated from the mesh (dlib's descriptor reads those), and the mesh itself. The identity space
+stays dlib-128, so identities built with dlib keep working and dlib remains the fallback analyzer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from portraitforge.errors import BadInputError
+from portraitforge.models.mediapipe_face import Detection, FaceMesh, kps5_from_mesh, landmarks68_from_mesh
+from portraitforge.refiners.detect import DLIB_SPACE, DlibFaceAnalyzer, order_faces
+from portraitforge.types import Face, FloatArray, ImageRGB
+
+
+class Detector(Protocol):
+    def detect(self, image: ImageRGB) -> list[Detection]: ...
+
+
+@dataclass
+class MeshFaceAnalyzer:
+    detector: Detector = field(repr=False)
+    mesh: FaceMesh = field(repr=False)
+    descriptor: DlibFaceAnalyzer = field(repr=False)  # dlib's 128-d descriptor on mesh-derived 68 points
+    detector_name: str = "blazeface"
+    min_presence: float = 0.5  # the mesh's own face-presence score: drops detector false positives
+    name: str = "mesh"
+    embedding_space: str = DLIB_SPACE
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "detector": self.detector_name,
+            "min_presence": self.min_presence,
+            "descriptor": self.descriptor.params().get("descriptor"),
+        }
+
+    def detect(self, image: ImageRGB) -> list[Face]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise BadInputError("detector expects an RGB uint8 image")
+        if min(image.shape[:2]) < 16:
+            return []
+        faces = []
+        for detection in self.detector.detect(image):
+            fit = self.mesh.fit(image, detection)
+            if fit.presence < self.min_presence:
+                continue
+            faces.append(self._face(fit.points, detection.box, detection.score, fit.presence))
+        return order_faces(_dedupe(faces))
+
+    def fit_mesh(self, image: ImageRGB, kps5: FloatArray) -> FloatArray:
+        """The mesh of a face known by its five keypoints (e.g. an identity's reference crop)."""
+        return self.mesh.fit(image, np.asarray(kps5, np.float32)).points
+
+    def _face(self, points: FloatArray, box: FloatArray, score: float, presence: float) -> Face:
+        return Face(
+            box=np.asarray(box, np.float32),
+            score=float(score),
+            kps5=kps5_from_mesh(points),
+            landmarks68=landmarks68_from_mesh(points),
+            landmarks_confidence=round(float(presence), 4),
+            mesh=points,
+        )
+
+    def landmarks(self, image: ImageRGB, face: Face) -> Face:
+        fit = self.mesh.fit(image, face)
+        refit = self._face(fit.points, face.box, face.score, fit.presence)
+        return replace(
+            face,
+            kps5=refit.kps5,
+            landmarks68=refit.landmarks68,
+            landmarks_confidence=refit.landmarks_confidence,
+            mesh=refit.mesh,
+        )
+
+    def embed(self, image: ImageRGB, face: Face) -> FloatArray:
+        return self.descriptor.embed(image, face)
+
+    def distance(self, a: FloatArray, b: FloatArray) -> float:
+        return self.descriptor.distance(a, b)
+
+
+def _dedupe(faces: list[Face], max_iou: float = 0.5) -> list[Face]:
+    """Tiled detection can report one face twice; keep the higher-scoring one of any overlapping pair."""
+    kept: list[Face] = []
+    for face in sorted(faces, key=lambda f: -f.score):
+        if all(_iou(face.box, other.box) < max_iou for other in kept):
+            kept.append(face)
+    return kept
+
+
+def _iou(a: FloatArray, b: FloatArray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, float(x1 - x0)) * max(0.0, float(y1 - y0))
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
