@@ -15,8 +15,9 @@ the target's. The rest of the engine:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -31,7 +32,7 @@ from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRG
 MOUTH_OPEN_RATIO = 0.10
 # Mesh vertices used for openness: inner lip mid-points and mouth corners.
 UPPER_INNER_LIP, LOWER_INNER_LIP, MOUTH_LEFT, MOUTH_RIGHT = 13, 14, 61, 291
-FOREHEAD_TOP, CHIN, NOSE_BRIDGE = 10, 152, 6
+FOREHEAD_TOP, CHIN, NOSE_BRIDGE, NOSE_TIP = 10, 152, 6, 4
 
 
 # Class ids for every pixel of an image, given the face's box in it (the face parser's `labels`).
@@ -40,8 +41,11 @@ ParsingLabels = Callable[[ImageRGB, FloatArray], np.ndarray]
 
 # BiSeNet (CelebAMask-HQ) class ids; the parser module defines the same order.
 SKIN, L_BROW, R_BROW, L_EYE, R_EYE, EYE_GLASSES = 1, 2, 3, 4, 5, 6
-NOSE, MOUTH, U_LIP, L_LIP = 10, 11, 12, 13
+NOSE, MOUTH, U_LIP, L_LIP, NECK = 10, 11, 12, 13, 14
 FACE_CLASSES = (SKIN, L_BROW, R_BROW, L_EYE, R_EYE, NOSE, MOUTH, U_LIP, L_LIP)
+# What counts as face inside the mesh's oval: glasses (their frame is handled apart) and "neck", which
+# there is the lower part of a beard or a chin the parser missed.
+PARSED_FACE = np.array((*FACE_CLASSES, EYE_GLASSES, NECK))
 
 
 def mouth_openness(points: FloatArray) -> float:
@@ -138,9 +142,14 @@ class MeshSwapper:
     color_transfer: bool = True
     outline_strength: float = 0.0  # share of `strength` applied to the jaw/forehead outline
     hairline_pull: float = 0.35  # no parser: how far the mask's top edge is pulled in from the oval
+    occlusion_aware: bool = True  # leave out hair, glasses frames and hands (parser or skin colour)
+    lighting_sigma: float = 0.5  # low-frequency lighting match, Gaussian sigma in eye distances (0: off)
+    exclude_beards: bool = False  # parser mode: keep the target's beard instead of swapping over it
+    hair_margin: float = 0.025  # parser mode: kept distance from the identity's hair, fraction of face height
     keep_detail: bool = True  # report where the target's fine skin texture belongs (the detail stage uses it)
     name: str = "mesh"
     _triangles: np.ndarray = field(init=False, repr=False)
+    _clean_references: dict[str, ImageRGB] = field(default_factory=dict, init=False, repr=False)
     _inner_features: list[list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -208,6 +217,7 @@ class MeshSwapper:
         outside_id = cv2.invertAffineTransform(fit_2d).astype(np.float32)
         dst_all, id_all, target_all = (self._with_centres(p) for p in (dst_pts, id_pts, target_pts))
         map_x, map_y = triangle_warp_maps(id_all, dst_all, self._triangles, size, outside_id)
+        source = self._hair_free_reference(source, id_pts)
         warped = cv2.remap(source, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
         identical = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
         tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
@@ -221,35 +231,6 @@ class MeshSwapper:
         if self.color_transfer:
             skin_both = cv2.bitwise_and(skin, cv2.bitwise_not(occluded))
             warped = self._match_colour(warped, target_on_dst, skin_both, skin, dst_pts, scale)
-        if mouth_mismatch:
-            # Keep the target's mouth shape so its own teeth or closed lips stay consistent.
-            weights[list(topo.lips_outer) + list(topo.lips_inner)] = 0.0
-        dst_pts = target_pts.copy()
-        dst_pts[:, :2] += weights[:, None] * (id_on_target[:, :2] - target_pts[:, :2])
-
-        # dst -> src for pixels outside the mesh: the 2D part of the similarity, inverted.
-        fit_2d = np.zeros((2, 3), np.float64)
-        fit_2d[:, :2] = s * rot[:2, :2]
-        fit_2d[:, 2] = t[:2]
-        outside_id = cv2.invertAffineTransform(fit_2d).astype(np.float32)
-        dst_all, id_all, target_all = (self._with_centres(p) for p in (dst_pts, id_pts, target_pts))
-        map_x, map_y = triangle_warp_maps(id_all, dst_all, self._triangles, size, outside_id)
-        warped = cv2.remap(source, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
-        identical = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
-        tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
-        # The target's own texture on the new geometry: mixed in by strength, mouth interior, fine detail.
-        target_on_dst = cv2.remap(crop.image, tmap_x, tmap_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-
-        features = self._feature_mask(size, dst_pts, scale)
-        oval = polygon_mask(size, dst_pts[list(topo.face_oval)])
-        skin = cv2.bitwise_and(oval, cv2.bitwise_not(features))
-        mask_u8, occluded = self._mask(crop, target_face, warped, map_x, map_y, identity, dst_pts, oval, features)
-        if self.color_transfer:
-            skin_both = cv2.bitwise_and(skin, cv2.bitwise_not(occluded))
-            warped = lab_color_transfer(warped, target_on_dst, skin_both, skin_both)
-            eyes = dst_pts[list(topo.left_eye), :2].mean(0) - dst_pts[list(topo.right_eye), :2].mean(0)
-            eye_distance = float(np.linalg.norm(eyes))
-            warped = lighting_transfer(warped, target_on_dst, skin_both, sigma=max(2.0, 0.35 * eye_distance))
         if mouth_mismatch:
             inner = polygon_mask(size, dst_pts[list(topo.lips_inner)])
             inner = cv2.GaussianBlur(inner, (0, 0), max(0.8, scale * 0.006)).astype(np.float32)[..., None] / 255.0
@@ -285,9 +266,11 @@ class MeshSwapper:
         topo = self.topology
         eyes = points[list(topo.left_eye), :2].mean(0) - points[list(topo.right_eye), :2].mean(0)
         eye_distance = float(np.linalg.norm(eyes))
-        # A fairly local lighting ratio: hair shadows and side light on the identity photo are a few
-        # eye-widths across or less.
-        matched = lighting_transfer(matched, target, stats_region, sigma=max(2.0, 0.2 * eye_distance), max_gain=2.0)
+        if self.lighting_sigma > 0:
+            # Side light and hair shadows on the identity photo; finer than this the ratio would print the
+            # target's own cheekbones and nose shading (its identity) onto the face.
+            sigma = max(2.0, self.lighting_sigma * eye_distance)
+            matched = lighting_transfer(matched, target, stats_region, sigma=sigma, max_gain=2.0)
         source_lab = cv2.cvtColor(warped, cv2.COLOR_RGB2LAB).astype(np.float32)
         matched_lab = cv2.cvtColor(matched, cv2.COLOR_RGB2LAB).astype(np.float32)
         weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, scale * 0.01)).astype(np.float32)[..., None] / 255.0
@@ -307,13 +290,55 @@ class MeshSwapper:
         return (oval + (centre - oval) * pull[:, None]).astype(np.float32)
 
     def _cheek_band(self, size: int, points: FloatArray, region: np.ndarray) -> np.ndarray:
-        """`region` between the lower eyelids and the mouth corners: skin on nearly every face."""
+        """`region` between the lower eyelids and the nose tip: skin on nearly every face, bearded ones too."""
         top = float(points[list(self.topology.left_eye) + list(self.topology.right_eye), 1].max())
-        bottom = float(points[[MOUTH_LEFT, MOUTH_RIGHT], 1].min())
+        bottom = float(points[NOSE_TIP, 1])
         band = np.zeros_like(region)
         if bottom > top:
             band[int(top) : int(np.ceil(bottom)) + 1] = 255
         return cv2.bitwise_and(region, band)
+
+    def _hair_free_reference(self, reference: ImageRGB, mesh: FloatArray) -> ImageRGB:
+        """The identity's reference with its hair, headwear and glasses frames painted out inside its face, so
+        that no foreign hair can come in and the face underneath is still the identity's. Once per identity."""
+        if self.parser is None:
+            return reference
+        key = hashlib.sha1(np.ascontiguousarray(reference).tobytes()).hexdigest()
+        cached = self._clean_references.get(key)
+        if cached is not None:
+            return cached
+        size = reference.shape[0]
+        scale = face_height(mesh)
+        labels = self.parser(reference, _points_box(mesh))
+        oval = polygon_mask(size, mesh[list(self.topology.face_oval)]) > 0
+        foreign = ~np.isin(labels, PARSED_FACE) | _frame_ring(labels == EYE_GLASSES, scale)
+        # Hair shades the skin next to it: that band goes too.
+        foreign_u8 = cv2.dilate((foreign & oval).astype(np.uint8) * 255, _ellipse(scale * self.hair_margin))
+        region = cv2.bitwise_and(foreign_u8, cv2.dilate(oval.astype(np.uint8) * 255, _ellipse(scale * 0.05)))
+        if not region.any():
+            self._clean_references[key] = reference
+            return reference
+        # Inpainting is smooth at face scale: a half-size pass is 4x cheaper and looks the same after the
+        # detail stage puts the photo's skin texture back.
+        half = (max(8, size // 2), max(8, size // 2))
+        small = cv2.inpaint(
+            cv2.resize(reference, half, interpolation=cv2.INTER_AREA),
+            cv2.resize(region, half, interpolation=cv2.INTER_NEAREST),
+            max(3.0, scale * 0.02),
+            cv2.INPAINT_TELEA,
+        )
+        filled = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+        clean = np.where(region[..., None] > 0, filled, reference).astype(np.uint8)
+        self._clean_references[key] = clean
+        return clean
+
+    def _eye_region(self, size: int, dst: FloatArray, target: FloatArray, scale: float) -> np.ndarray:
+        """Both eye openings, in the new and the target's geometry."""
+        region = np.zeros((size, size), np.uint8)
+        for points in (dst, target):
+            for loop in (self.topology.left_eye, self.topology.right_eye):
+                region |= polygon_mask(size, points[list(loop)])
+        return cv2.dilate(region, _ellipse(scale * 0.02))
 
     def _feature_mask(self, size: int, points: FloatArray, scale: float) -> np.ndarray:
         features = np.zeros((size, size), np.uint8)
@@ -337,14 +362,19 @@ class MeshSwapper:
         scale = face_height(dst_pts)
         if self.parser is not None:
             target_labels = self.parser(crop.image, _points_box(target_face.mesh))
-            id_labels = self.parser(identity.reference_crop, _points_box(identity.reference_mesh))
-            warped_labels = cv2.remap(id_labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-            face_classes = np.array(FACE_CLASSES)
-            target_off = (~np.isin(target_labels, face_classes)).astype(np.uint8) * 255
-            # The identity's hair casts shadows on its own skin next to it: keep a margin from it too.
-            identity_off = (~np.isin(warped_labels, face_classes)).astype(np.uint8) * 255
-            identity_off = cv2.dilate(identity_off, _ellipse(scale * 0.05))
-            occluded = cv2.bitwise_and(oval, cv2.bitwise_or(target_off, identity_off))
+            # The parser labels glasses as one region, lenses included. Only the frame (the region's rim and
+            # bridge) is an occluder: the target's stays in front and the eyes behind the lenses are swapped.
+            # (The identity's hair and frames were already painted out of its reference.)
+            target_frames = _frame_ring(target_labels == EYE_GLASSES, scale)
+            target_off = ~np.isin(target_labels, PARSED_FACE) | target_frames
+            # The parser calls most of a beard skin; `exclude_beards` keeps the target's beard (colour far from
+            # either person's upper cheeks) at the cost of identity on the lower face.
+            region = cv2.bitwise_and(oval, cv2.bitwise_not(features))
+            band = self._cheek_band(crop.size, dst_pts, region)
+            beard = ~(skin_colour_match(crop.image, band) > 0) | ~(skin_colour_match(warped, band) > 0)
+            beard &= (region > 0) & self.exclude_beards
+            off = (target_off | beard).astype(np.uint8) * 255
+            occluded = cv2.bitwise_and(oval, off)
         else:
             # No parser: the mesh's oval pulled in at the forehead and temples, where hair most often
             # crosses a face, minus pixels that look like neither person's skin (the target's fringe,
@@ -356,6 +386,8 @@ class MeshSwapper:
             both_skin = cv2.bitwise_and(skin_colour_match(crop.image, band), skin_colour_match(warped, band))
             not_skin = cv2.bitwise_and(region, cv2.bitwise_not(both_skin))
             occluded = cv2.bitwise_or(cv2.bitwise_and(oval, cv2.bitwise_not(inner)), not_skin)
+        if not self.occlusion_aware:
+            occluded = np.zeros_like(oval)
         # Specks are colour noise, not occluders; what remains is grown slightly to cover its own edge.
         occluded = cv2.morphologyEx(occluded, cv2.MORPH_OPEN, _ellipse(scale * 0.025))
         occluded = cv2.dilate(occluded, _ellipse(scale * 0.015))
@@ -368,6 +400,15 @@ class MeshSwapper:
         holes = np.maximum(cv2.GaussianBlur(occluded, (0, 0), hole_sigma), occluded)
         mask = (outer_soft.astype(np.float32) * (1.0 - holes.astype(np.float32) / 255.0)).astype(np.uint8)
         return mask, occluded
+
+
+def _frame_ring(glasses: np.ndarray, scale: float) -> np.ndarray:
+    """A glasses region's rim and bridge: what erosion by about a frame's width removes."""
+    region = glasses.astype(np.uint8) * 255
+    if not region.any():
+        return glasses
+    # A thin bridge vanishes entirely under the erosion, so it is part of the ring.
+    return (region > 0) & ~(cv2.erode(region, _ellipse(scale * 0.05)) > 0)
 
 
 def _points_box(points: FloatArray | None) -> FloatArray:
