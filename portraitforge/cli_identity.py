@@ -72,6 +72,9 @@ def load_analyzers(arcface: str = "auto", photos: int | None = None) -> list[Fac
         usage_error("--arcface must be auto, on or off")
     descriptor = "dlib" if photos is not None and photos < TORCH_DESCRIPTOR_MIN_PHOTOS else "auto"
     analyzers: list[FaceAnalyzer] = [DlibFaceAnalyzer.load(descriptor_backend=descriptor)]
+    grader = _grader(analyzers[0])
+    if grader is not None:
+        analyzers.append(grader)
     if arcface == "off":
         return analyzers
     try:
@@ -83,6 +86,18 @@ def load_analyzers(arcface: str = "auto", photos: int | None = None) -> list[Fac
             message = exc.message if isinstance(exc, ModelUnavailableError) else str(exc)
             raise ModelUnavailableError(f"ArcFace analyzer unavailable: {message}") from None
     return analyzers
+
+
+def _grader(detector: FaceAnalyzer) -> FaceAnalyzer | None:
+    """MobileFaceNet, when its file is in the model store: identities keep the grader's embedding too."""
+    from portraitforge.models.registry import MOBILEFACENET
+    from portraitforge.models.store import ModelStore
+    from portraitforge.refiners.grade import mobilefacenet_grader
+
+    store = ModelStore.from_dir()
+    if not store.has(MOBILEFACENET.name):
+        return None
+    return mobilefacenet_grader(store.ensure(MOBILEFACENET.name, download=False), detector)
 
 
 def usage_error(message: str) -> NoReturn:

@@ -144,7 +144,12 @@ def swap(
 
 def _resolve(spec: str, pipe: RefinePipeline, store: IdentityStore, require_consent: bool) -> IdentityArg:
     """One identity, a per-face mapping (`0=alice,1=bob`), or `nearest:alice,bob`."""
-    common: dict[str, Any] = {"max_pixels": pipe.config.max_pixels, "store": store, "require_consent": require_consent}
+    common: dict[str, Any] = {
+        "max_pixels": pipe.config.max_pixels,
+        "store": store,
+        "require_consent": require_consent,
+        "graders": [] if pipe.grader is None else [pipe.grader],
+    }
     if spec.startswith("nearest:"):
         names = [n.strip() for n in spec.removeprefix("nearest:").split(",") if n.strip()]
         if not names:

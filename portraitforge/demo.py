@@ -18,7 +18,9 @@ from portraitforge.samples import astronaut, insightface_image
 from portraitforge.types import ImageRGB, RefineReport
 
 SWEEP_STRENGTHS = (0.3, 0.5, 0.7, 0.9)
-IDENTITY_FACE_INDEX = 1  # the frontal, smiling face in insightface's t1.jpg (reading order)
+# The frontal, smiling face in insightface's t1.jpg, found by position (fraction of width, height): reading-order
+# indices change with how many faces a detector finds.
+IDENTITY_FACE_AT = (0.42, 0.36)
 
 
 @dataclass
@@ -39,10 +41,12 @@ def labelled(image: ImageRGB, text: str, height: int = 384) -> ImageRGB:
 def identity_photo(analyzer: FaceAnalyzer) -> ImageRGB:
     """A loose crop around one face of t1.jpg, so the identity photo shows exactly one person."""
     group = load_image(insightface_image("t1.jpg")).rgb
-    pipe_faces = analyzer.detect(group)
-    if len(pipe_faces) <= IDENTITY_FACE_INDEX:
-        raise NoFaceError("demo: expected faces in insightface's t1.jpg were not found")
-    x0, y0, x1, y1 = pipe_faces[IDENTITY_FACE_INDEX].box
+    faces = analyzer.detect(group)
+    if not faces:
+        raise NoFaceError("demo: no face found in insightface's t1.jpg")
+    at = np.array([IDENTITY_FACE_AT[0] * group.shape[1], IDENTITY_FACE_AT[1] * group.shape[0]])
+    face = min(faces, key=lambda f: float(np.linalg.norm(np.array(f.center) - at)))
+    x0, y0, x1, y1 = face.box
     w, h = x1 - x0, y1 - y0
     top, bottom = int(max(0, y0 - 0.8 * h)), int(min(group.shape[0], y1 + 0.6 * h))
     left, right = int(max(0, x0 - 0.6 * w)), int(min(group.shape[1], x1 + 0.6 * w))

@@ -217,7 +217,7 @@ def swap_config(params: dict[str, Any]) -> RefineConfig:
     values = {k: v for k, v in params.items() if v is not None}
     if "face_index" in values and isinstance(values["face_index"], float) and values["face_index"].is_integer():
         values["face_index"] = int(values["face_index"])  # number boxes send floats
-    values.setdefault("analyzer", "auto")  # the engine decides: landmark -> dlib, inswapper -> insightface
+    values.setdefault("analyzer", "auto")  # the engine decides which analyzer fits it
     return RefineConfig.validated(values)
 
 
@@ -400,7 +400,9 @@ def build_app(
                 strength = gr.Slider(0.0, 1.0, value=d.strength, step=0.05, label="Strength")
                 with gr.Accordion("Faces and mask", open=False):
                     swap_engine = gr.Radio(
-                        ["landmark", "inswapper"], value=d.swap_engine, label="Swap engine (inswapper needs models)"
+                        ["mesh", "landmark", "inswapper"],
+                        value=d.swap_engine,
+                        label="Swap engine (inswapper needs models)",
                     )
                     select = gr.Radio(["largest", "all", "index"], value=d.select, label="Faces")
                     face_index = gr.Number(value=d.face_index, precision=0, label="Face number (for 'index')")

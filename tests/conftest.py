@@ -12,6 +12,7 @@ import pytest
 
 from portraitforge.config import RefineConfig
 from portraitforge.imageio import load_image
+from portraitforge.models.store import ModelStore, default_models_dir
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 from portraitforge.samples import astronaut, insightface_image
@@ -19,14 +20,28 @@ from portraitforge.types import Identity
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "faces"
+SHARED_MODELS = REPO.parent / "shared" / "models"
+# Small real model files the embedded engines use; never insightface's hundreds of MB.
+SEEDED_PACKS = ("mesh", "parsing", "yunet")
+
+
+def seed_models(store: ModelStore, sources: list[Path]) -> None:
+    """Give the temporary home the real model files already on this machine (`portraitforge models setup` fills
+    the user's store; ../shared/models has the parser and YuNet), so tests never download them."""
+    names = [s.name for s in store.registry if s.pack in SEEDED_PACKS]
+    for source in sources:
+        if source.is_dir():
+            store.import_dir(source, names)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Models caches, identity store and run logs go to a temporary home, never the user's."""
     home = tmp_path_factory.mktemp("portraitforge-home")
+    user_models = default_models_dir()  # read before the override below
     previous = os.environ.get("PORTRAITFORGE_HOME")
     os.environ["PORTRAITFORGE_HOME"] = str(home)
+    seed_models(ModelStore.from_dir(home / "models"), [user_models, SHARED_MODELS])
     yield home
     if previous is None:
         os.environ.pop("PORTRAITFORGE_HOME", None)
@@ -54,7 +69,9 @@ def analyzer() -> DlibFaceAnalyzer:
 
 @pytest.fixture(scope="session")
 def pipeline(analyzer: DlibFaceAnalyzer) -> RefinePipeline:
-    return RefinePipeline.from_config(RefineConfig(), analyzer=analyzer)
+    # The landmark engine on the session's dlib analyzer, graded by dlib alone (as these tests were written).
+    config = RefineConfig(swap_engine="landmark", analyzer="dlib", grader="none")
+    return RefinePipeline.from_config(config, analyzer=analyzer)
 
 
 @pytest.fixture(scope="session")

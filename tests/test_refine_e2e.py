@@ -241,8 +241,10 @@ def test_invalid_parameters_and_engine_pairings_are_refused() -> None:
         RefineConfig.validated({"strength": 2})
     with pytest.raises(ParameterError, match="resolution"):
         RefineConfig.validated({"resolution": "0x5"})
-    with pytest.raises(ParameterError, match="landmark swap engine"):
+    with pytest.raises(ParameterError, match="mesh swap engine"):
         RefineConfig.validated({"analyzer": "insightface"})
+    with pytest.raises(ParameterError, match="landmark swap engine"):
+        RefineConfig.validated({"swap_engine": "landmark", "analyzer": "insightface"})
     with pytest.raises(ParameterError, match="ArcFace"):
         RefineConfig.validated({"swap_engine": "inswapper", "analyzer": "dlib"})
 

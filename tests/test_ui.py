@@ -35,7 +35,9 @@ class CountingFactory:
 
     def __call__(self, config: RefineConfig) -> RefinePipeline:
         self.calls += 1
-        return RefinePipeline.from_config(config, analyzer=self.analyzer)
+        # The session's dlib analyzer serves the landmark engine; the mesh engine loads its own analyzer.
+        shared = self.analyzer if config.resolved_analyzer == "dlib" else None
+        return RefinePipeline.from_config(config, analyzer=shared)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,8 @@ def test_new_parameters_reuse_models_and_identity(
     )
     assert report["status"] in DONE, message
     assert factory.calls == calls  # with_config: no model was loaded again
-    assert state.pipeline(RefineConfig(analyzer="auto", strength=0.5)).analyzer is factory.analyzer
+    base = state.pipeline(RefineConfig())
+    assert state.pipeline(RefineConfig(analyzer="auto", strength=0.5)).analyzer is base.analyzer
     assert len(state._identities) == 1  # the same photo was not embedded again
     assert report["parameters"]["strength"] == 0.5 and report["parameters"]["blend"] == "feather"
     assert image is not None and not np.array_equal(image, swapped[0])

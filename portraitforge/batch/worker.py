@@ -136,7 +136,13 @@ class BatchWorker:
     def _identity(self, ref: IdentityRef) -> Identity:
         if ref.label not in self.identities:
             spec = ref.image_path if ref.image_path is not None else str(ref.store_name)
-            self.identities[ref.label] = resolve_identity(spec, self.refiner.analyzer, store_dir=self.config.store_dir)
+            grader = getattr(self.refiner, "grader", None)
+            self.identities[ref.label] = resolve_identity(
+                spec,
+                self.refiner.analyzer,
+                store_dir=self.config.store_dir,
+                graders=[] if grader is None else [grader],
+            )
         return self.identities[ref.label]
 
     def _refiner_for(self, refine: dict[str, Any]) -> RefinePipeline:

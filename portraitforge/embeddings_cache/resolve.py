@@ -32,6 +32,7 @@ def resolve_identity(
     store: IdentityStore | None = None,
     require_consent: bool = False,
     on_stale: OnStale = "error",
+    graders: Sequence[FaceAnalyzer] = (),
 ) -> Identity:
     """`spec` is an image file path (built now, `cache_hit=False`), or the name of an identity in the store
     (loaded with no embedding, `cache_hit=True`). An existing file wins over a stored name.
@@ -58,7 +59,7 @@ def resolve_identity(
     except BadInputError:
         is_name = False
     if is_name and store.exists(spec):
-        return store.get(spec, analyzer, require_consent=require_consent, on_stale=on_stale)
+        return store.get(spec, analyzer, require_consent=require_consent, on_stale=on_stale, graders=graders)
     known = store.names()
     shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "") if known else "none"
     if _looks_like_path(spec):
@@ -104,6 +105,7 @@ def resolve_face_mapping(
     store: IdentityStore | None = None,
     require_consent: bool = False,
     on_stale: OnStale = "error",
+    graders: Sequence[FaceAnalyzer] = (),
 ) -> dict[int, Identity]:
     """Parse (if needed) and resolve every identity of a per-face mapping; a repeated name is loaded once."""
     mapping = parse_face_mapping(spec) if isinstance(spec, str) else dict(spec)
@@ -113,7 +115,13 @@ def resolve_face_mapping(
     for index, value in sorted(mapping.items()):
         if value not in loaded:
             loaded[value] = resolve_identity(
-                value, analyzer, max_pixels=max_pixels, store=store, require_consent=require_consent, on_stale=on_stale
+                value,
+                analyzer,
+                max_pixels=max_pixels,
+                store=store,
+                require_consent=require_consent,
+                on_stale=on_stale,
+                graders=graders,
             )
         out[index] = loaded[value]
     return out

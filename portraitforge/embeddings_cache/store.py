@@ -958,11 +958,13 @@ class IdentityStore:
         *,
         require_consent: bool | None = None,
         on_stale: OnStale = "error",
+        graders: Sequence[FaceAnalyzer] = (),
     ) -> Identity:
         """The cached identity (`cache_hit=True`): centroids per space, reference crop and landmarks.
 
         With `analyzer`, its embedding space is checked against the stored model version. A stale or missing
         space raises ModelUnavailableError, or with `on_stale="recompute"` is recomputed from the stored crops.
+        `graders` (second recognisers that only score results) get their space recomputed when stale.
         """
         validate_name(name)
         record, tensors = self.load(name)
@@ -983,6 +985,11 @@ class IdentityStore:
                 identity = identity_from_record(record, tensors)
                 identity.cache_hit = False  # embeddings were just computed
                 return identity
+        # A grader's space only scores results, so a missing or stale one is recomputed from the stored crops
+        # (once: the store keeps it) rather than refused.
+        stale = [g for g in graders if self.stale_spaces(record, g) is not None]
+        if stale:
+            record, tensors = self.recompute(name, stale)
         return identity_from_record(record, tensors)
 
     def verify(self, analyzers: Sequence[FaceAnalyzer] | None = None, recompute: bool = False) -> list[VerifyResult]:

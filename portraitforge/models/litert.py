@@ -6,7 +6,10 @@ An interpreter is not thread-safe; each stage owns its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,26 @@ from typing import Any
 import numpy as np
 
 from portraitforge.errors import ModelUnavailableError
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what native code writes to file descriptor 2 meanwhile (TFLite's "INFO: Created TensorFlow Lite
+    XNNPACK delegate" line, OpenCV's DNN warnings): the CLI promises one line on stderr per problem."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. some notebook kernels): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _threads() -> int:
@@ -40,8 +63,9 @@ class LiteModel:
         except ImportError:  # pragma: no cover - declared dependency
             raise ModelUnavailableError("ai-edge-litert is not installed (pip install ai-edge-litert)") from None
         try:
-            interpreter = Interpreter(model_path=str(p), num_threads=num_threads or _threads())
-            interpreter.allocate_tensors()
+            with quiet_native_stderr():
+                interpreter = Interpreter(model_path=str(p), num_threads=num_threads or _threads())
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelUnavailableError(f"{p.name}: not a loadable TFLite model ({exc})") from None
         return cls(

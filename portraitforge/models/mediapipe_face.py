@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from portraitforge.errors import BadInputError, ModelUnavailableError
-from portraitforge.models.litert import LiteModel
+from portraitforge.models.litert import LiteModel, quiet_native_stderr
 from portraitforge.types import Face, FloatArray, ImageRGB
 
 Detector = Literal["blazeface", "yunet"]
@@ -290,7 +290,8 @@ class YuNetDetector:
         if not p.is_file():
             raise ModelUnavailableError(f"model file not found: {p}")
         try:
-            detector = cv2.FaceDetectorYN.create(str(p), "", (320, 320), score_threshold, nms_threshold, 5000)
+            with quiet_native_stderr():  # OpenCV's DNN engine warns about targets on stderr
+                detector = cv2.FaceDetectorYN.create(str(p), "", (320, 320), score_threshold, nms_threshold, 5000)
         except cv2.error as exc:
             raise ModelUnavailableError(f"{p.name}: OpenCV cannot load it as YuNet ({exc})") from None
         return cls(detector, detect_max_side, score_threshold, nms_threshold)

@@ -375,7 +375,7 @@ class RefinePipeline:
         )
         if self.grader is not None:
             grader = self.grader
-            quality.grader = grader.score(result, refit, grader.embed(original, face), self._grader_identity(identity))
+            quality.grader = grader.score(result, refit, original, face, self._grader_identity(identity))
         return quality
 
     def _grader_identity(self, identity: Identity) -> FloatArray:

@@ -8,6 +8,7 @@ more space and recomputes it when the grader's model file changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ def cosine(a: FloatArray, b: FloatArray) -> float:
 
 class Embedder(Protocol):
     def embed(self, image_rgb: ImageRGB, kps5: FloatArray) -> FloatArray: ...
+
+    def embed_many(self, faces: Sequence[tuple[ImageRGB, FloatArray]]) -> FloatArray: ...
 
 
 @dataclass
@@ -83,9 +86,13 @@ class IdentityGrader:
         return self.embed(identity.reference_crop, crop_face)
 
     def score(
-        self, result: ImageRGB, result_face: Face, original_vec: FloatArray, identity_vec: FloatArray
+        self, result: ImageRGB, result_face: Face, original: ImageRGB, original_face: Face, identity_vec: FloatArray
     ) -> GraderScore:
-        vec = self.embed(result, result_face)
+        """Similarity of the refined face to the identity and to the face it replaced."""
+        if self.embedder is not None:  # MobileFaceNet's graph takes two faces per call: one call for both
+            vec, original_vec = self.embedder.embed_many([(result, result_face.kps5), (original, original_face.kps5)])
+        else:
+            vec, original_vec = self.embed(result, result_face), self.embed(original, original_face)
         return GraderScore(
             model=self.name,
             identity_similarity=self.similarity(vec, identity_vec),

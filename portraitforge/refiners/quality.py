@@ -24,7 +24,17 @@ class QualityThresholds:
 
     def problems(self, q: FaceQuality, landmarks_confidence: float) -> list[str]:
         found = []
-        if q.identity_distance is not None and q.identity_distance > self.max_identity_distance:
+        if q.grader is not None:
+            # The independent recogniser decides when it is present: the engine's own space can be fooled.
+            g = q.grader
+            if g.identity_similarity < g.threshold:
+                found.append(f"{g.model} identity similarity {g.identity_similarity:.2f} < {g.threshold}")
+            elif g.identity_similarity <= g.original_similarity:
+                found.append(
+                    f"{g.model} still sees the original face ({g.original_similarity:.2f} >= "
+                    f"{g.identity_similarity:.2f} for the identity)"
+                )
+        elif q.identity_distance is not None and q.identity_distance > self.max_identity_distance:
             found.append(f"identity distance {q.identity_distance:.3f} > {self.max_identity_distance}")
         if q.seam_score > self.max_seam_score:
             found.append(f"seam score {q.seam_score:.2f} > {self.max_seam_score}")

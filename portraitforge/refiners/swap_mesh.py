@@ -25,7 +25,7 @@ import numpy as np
 
 from portraitforge.models.mesh_topology import MeshTopology
 from portraitforge.refiners.align import matrix_scale
-from portraitforge.refiners.swap import lab_color_transfer, lighting_transfer
+from portraitforge.refiners.swap import GRAY_CHROMA_STD, lighting_transfer
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
 
 # Mouth openness (inner-lip gap / mouth width) above which a mouth counts as open.
@@ -75,22 +75,29 @@ def similarity_3d(src: FloatArray, dst: FloatArray) -> tuple[float, np.ndarray, 
     return scale, rot, mu_d - scale * rot @ mu_s
 
 
-def skin_colour_match(image: ImageRGB, region: np.ndarray, max_distance: float = 3.0) -> np.ndarray:
+def skin_colour_match(
+    image: ImageRGB, region: np.ndarray, max_distance: float = 3.0, work_side: int = 192
+) -> np.ndarray:
     """255 where a pixel's LAB colour is within `max_distance` (Mahalanobis) of the colour inside `region`.
 
     Stricter than the landmark engine's `skin_likeness` (a small regulariser, no extra lightness slack):
     it must separate dark and red hair and beards from skin, not only backgrounds. Blond hair close to
     skin colour still passes, which is why the mask is also pulled in at the hairline.
     """
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
-    samples = lab[region > 0]
+    h, w = region.shape[:2]
+    # The decision is smooth at face scale: a small copy keeps it ~2 ms instead of ~25 ms on a 512 px crop.
+    step = max(1, max(h, w) // work_side)
+    small, small_region = np.ascontiguousarray(image[::step, ::step]), region[::step, ::step]
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    samples = lab[small_region > 0]
     if len(samples) < 32:
         return np.full(region.shape, 255, np.uint8)
     mean = samples.mean(0)
     cov = np.cov(samples, rowvar=False) + np.diag([25.0, 1.0, 1.0])
     diff = (lab - mean).reshape(-1, 3)
-    d2 = ((diff @ np.linalg.inv(cov).astype(np.float32)) * diff).sum(1).reshape(region.shape)
-    return (d2 < max_distance**2).astype(np.uint8) * 255
+    d2 = ((diff @ np.linalg.inv(cov).astype(np.float32)) * diff).sum(1).reshape(lab.shape[:2])
+    match = (d2 < max_distance**2).astype(np.uint8) * 255
+    return cv2.resize(match, (w, h), interpolation=cv2.INTER_NEAREST) if step > 1 else match
 
 
 def _fan(loop: list[int], centre: int) -> list[tuple[int, int, int]]:
@@ -142,6 +149,7 @@ class MeshSwapper:
     color_transfer: bool = True
     outline_strength: float = 0.0  # share of `strength` applied to the jaw/forehead outline
     hairline_pull: float = 0.35  # no parser: how far the mask's top edge is pulled in from the oval
+    identity_colour_check: bool = True  # no parser: also leave out identity pixels unlike its skin (fringe)
     occlusion_aware: bool = True  # leave out hair, glasses frames and hands (parser or skin colour)
     lighting_sigma: float = 0.5  # low-frequency lighting match, Gaussian sigma in eye distances (0: off)
     exclude_beards: bool = False  # parser mode: keep the target's beard instead of swapping over it
@@ -220,17 +228,28 @@ class MeshSwapper:
         source = self._hair_free_reference(source, id_pts)
         warped = cv2.remap(source, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
         identical = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
-        tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
-        # The target's own texture on the new geometry: mixed in by strength, mouth interior, fine detail.
-        target_on_dst = cv2.remap(crop.image, tmap_x, tmap_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        # The target's own texture on the new geometry: mixed in by strength and kept in a mouth whose openness
+        # differs. At full strength with matching mouths only colour statistics read it, which the geometry
+        # change barely moves, so the second warp is skipped.
+        target_on_dst = crop.image
+        if strength < 1.0 or mouth_mismatch:
+            tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
+            target_on_dst = cv2.remap(crop.image, tmap_x, tmap_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
         features = self._feature_mask(size, dst_pts, scale)
         oval = polygon_mask(size, dst_pts[list(topo.face_oval)])
         skin = cv2.bitwise_and(oval, cv2.bitwise_not(features))
         mask_u8, occluded = self._mask(crop, target_face, warped, map_x, map_y, identity, dst_pts, oval, features)
         if self.color_transfer:
+            # Colour statistics from skin both faces share, without beards or stubble: a beard the mask paints
+            # over would otherwise darken and tint the whole face.
             skin_both = cv2.bitwise_and(skin, cv2.bitwise_not(occluded))
-            warped = self._match_colour(warped, target_on_dst, skin_both, skin, dst_pts, scale)
+            band = self._cheek_band(size, dst_pts, skin_both)
+            clean = cv2.bitwise_and(skin_colour_match(target_on_dst, band), skin_colour_match(warped, band))
+            stats = cv2.bitwise_and(skin_both, clean)
+            warped = self._match_colour(
+                warped, target_on_dst, stats if stats.any() else skin_both, skin, dst_pts, scale
+            )
         if mouth_mismatch:
             inner = polygon_mask(size, dst_pts[list(topo.lips_inner)])
             inner = cv2.GaussianBlur(inner, (0, 0), max(0.8, scale * 0.006)).astype(np.float32)[..., None] / 255.0
@@ -260,23 +279,35 @@ class MeshSwapper:
         points: FloatArray,
         scale: float,
     ) -> ImageRGB:
-        """The target's skin tone and lighting on the identity's face; eyes, brows and lips keep their own
-        colours (a skin-tone shift would turn blue eyes brown) and only follow the lightness change."""
-        matched = lab_color_transfer(warped, target, stats_region, stats_region)
-        topo = self.topology
-        eyes = points[list(topo.left_eye), :2].mean(0) - points[list(topo.right_eye), :2].mean(0)
-        eye_distance = float(np.linalg.norm(eyes))
+        """The target's skin tone and lighting on the identity's face. Skin takes the target's LAB mean and
+        spread; eyes, brows and lips take only the mean shift (the photo's colour cast), because scaling their
+        chroma around the skin's mean would turn blue eyes brown or lips orange."""
+        src = cv2.cvtColor(warped, cv2.COLOR_RGB2LAB).astype(np.float32)
+        ref = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
+        sel = stats_region > 0
+        if sel.sum() < 32:
+            return warped
+        s_mean, s_std = src[sel].mean(0), src[sel].std(0) + 1e-3
+        r_mean, r_std = ref[sel].mean(0), ref[sel].std(0) + 1e-3
+        # Lightness gets a mild contrast change only: its spread in the skin is mostly shading.
+        ratio = np.clip(r_std / s_std, [0.8, 0.5, 0.5], [1.25, 2.0, 2.0])
+        skin_lab = (src - s_mean) * ratio + r_mean
+        feature_lab = skin_lab.copy()
+        feature_lab[..., 1:] = src[..., 1:] + (r_mean[1:] - s_mean[1:])
+        if max(s_std[1], s_std[2]) < GRAY_CHROMA_STD:  # a grayscale identity photo: no chroma of its own
+            skin_lab[..., 1:] = r_mean[1:]
+            feature_lab[..., 1:] = r_mean[1:]
+        weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, scale * 0.01)).astype(np.float32)[..., None] / 255.0
+        lab = skin_lab * weight + feature_lab * (1.0 - weight)
+        matched = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
         if self.lighting_sigma > 0:
             # Side light and hair shadows on the identity photo; finer than this the ratio would print the
             # target's own cheekbones and nose shading (its identity) onto the face.
-            sigma = max(2.0, self.lighting_sigma * eye_distance)
+            topo = self.topology
+            eyes = points[list(topo.left_eye), :2].mean(0) - points[list(topo.right_eye), :2].mean(0)
+            sigma = max(2.0, self.lighting_sigma * float(np.linalg.norm(eyes)))
             matched = lighting_transfer(matched, target, stats_region, sigma=sigma, max_gain=2.0)
-        source_lab = cv2.cvtColor(warped, cv2.COLOR_RGB2LAB).astype(np.float32)
-        matched_lab = cv2.cvtColor(matched, cv2.COLOR_RGB2LAB).astype(np.float32)
-        weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, scale * 0.01)).astype(np.float32)[..., None] / 255.0
-        out = matched_lab.copy()
-        out[..., 1:] = matched_lab[..., 1:] * weight + source_lab[..., 1:] * (1.0 - weight)
-        return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+        return matched
 
     def _inner_oval(self, points: FloatArray) -> FloatArray:
         """Face-oval vertices pulled toward the nose: by `hairline_pull` at the top, none at the chin."""
@@ -311,7 +342,8 @@ class MeshSwapper:
         scale = face_height(mesh)
         labels = self.parser(reference, _points_box(mesh))
         oval = polygon_mask(size, mesh[list(self.topology.face_oval)]) > 0
-        foreign = ~np.isin(labels, PARSED_FACE) | _frame_ring(labels == EYE_GLASSES, scale)
+        eyes = self._eye_region(size, mesh, mesh, scale)
+        foreign = ~np.isin(labels, PARSED_FACE) | glasses_frames(reference, labels == EYE_GLASSES, eyes, scale)
         # Hair shades the skin next to it: that band goes too.
         foreign_u8 = cv2.dilate((foreign & oval).astype(np.uint8) * 255, _ellipse(scale * self.hair_margin))
         region = cv2.bitwise_and(foreign_u8, cv2.dilate(oval.astype(np.uint8) * 255, _ellipse(scale * 0.05)))
@@ -338,7 +370,7 @@ class MeshSwapper:
         for points in (dst, target):
             for loop in (self.topology.left_eye, self.topology.right_eye):
                 region |= polygon_mask(size, points[list(loop)])
-        return cv2.dilate(region, _ellipse(scale * 0.02))
+        return cv2.dilate(region, _ellipse(scale * 0.04))
 
     def _feature_mask(self, size: int, points: FloatArray, scale: float) -> np.ndarray:
         features = np.zeros((size, size), np.uint8)
@@ -365,14 +397,17 @@ class MeshSwapper:
             # The parser labels glasses as one region, lenses included. Only the frame (the region's rim and
             # bridge) is an occluder: the target's stays in front and the eyes behind the lenses are swapped.
             # (The identity's hair and frames were already painted out of its reference.)
-            target_frames = _frame_ring(target_labels == EYE_GLASSES, scale)
+            target_pts = np.asarray(target_face.mesh, np.float32)
+            eyes = self._eye_region(crop.size, target_pts, target_pts, scale)
+            target_frames = glasses_frames(crop.image, target_labels == EYE_GLASSES, eyes, scale)
             target_off = ~np.isin(target_labels, PARSED_FACE) | target_frames
             # The parser calls most of a beard skin; `exclude_beards` keeps the target's beard (colour far from
-            # either person's upper cheeks) at the cost of identity on the lower face.
+            # its upper cheeks) in front, at the cost of identity on the lower face.
             region = cv2.bitwise_and(oval, cv2.bitwise_not(features))
             band = self._cheek_band(crop.size, dst_pts, region)
-            beard = ~(skin_colour_match(crop.image, band) > 0) | ~(skin_colour_match(warped, band) > 0)
-            beard &= (region > 0) & self.exclude_beards
+            beard = np.zeros(oval.shape, bool)
+            if self.exclude_beards:
+                beard = ~(skin_colour_match(crop.image, band) > 0) & (region > 0)
             off = (target_off | beard).astype(np.uint8) * 255
             occluded = cv2.bitwise_and(oval, off)
         else:
@@ -383,7 +418,9 @@ class MeshSwapper:
             region = cv2.bitwise_and(oval, cv2.bitwise_not(features))
             # Colour statistics from the upper cheeks and nose only: a beard or fringe would join them.
             band = self._cheek_band(crop.size, dst_pts, region)
-            both_skin = cv2.bitwise_and(skin_colour_match(crop.image, band), skin_colour_match(warped, band))
+            both_skin = skin_colour_match(crop.image, band)
+            if self.identity_colour_check:
+                both_skin = cv2.bitwise_and(both_skin, skin_colour_match(warped, band))
             not_skin = cv2.bitwise_and(region, cv2.bitwise_not(both_skin))
             occluded = cv2.bitwise_or(cv2.bitwise_and(oval, cv2.bitwise_not(inner)), not_skin)
         if not self.occlusion_aware:
@@ -402,13 +439,22 @@ class MeshSwapper:
         return mask, occluded
 
 
-def _frame_ring(glasses: np.ndarray, scale: float) -> np.ndarray:
-    """A glasses region's rim and bridge: what erosion by about a frame's width removes."""
+def glasses_frames(image: ImageRGB, glasses: np.ndarray, eyes: np.ndarray, scale: float) -> np.ndarray:
+    """The frame inside a parser's glasses region (which covers the lenses too): the region's rim and bridge,
+    plus thin structures darker or brighter than their surroundings (a black-hat / top-hat response), except
+    inside the eye openings `eyes`, where lashes and irises are as dark and thin."""
     region = glasses.astype(np.uint8) * 255
     if not region.any():
         return glasses
-    # A thin bridge vanishes entirely under the erosion, so it is part of the ring.
-    return (region > 0) & ~(cv2.erode(region, _ellipse(scale * 0.05)) > 0)
+    # A thin bridge vanishes entirely under the erosion, so it is part of the rim.
+    rim = (region > 0) & ~(cv2.erode(region, _ellipse(scale * 0.04)) > 0)
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    kernel = _ellipse(scale * 0.05)
+    dark = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel) > 18
+    light = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel) > 30
+    lines = (dark | light) & (region > 0) & ~(eyes > 0)
+    frames = (rim | lines).astype(np.uint8) * 255
+    return cv2.dilate(frames, _ellipse(scale * 0.012)) > 0
 
 
 def _points_box(points: FloatArray | None) -> FloatArray:
