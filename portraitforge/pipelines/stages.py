@@ -15,6 +15,7 @@ from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import (
     BISENETV2_FACE_PARSING,
     MEDIAPIPE_FACE_DETECTION_FULL_SPARSE,
+    MEDIAPIPE_FACE_DETECTION_SHORT,
     MEDIAPIPE_FACE_LANDMARK,
     MEDIAPIPE_FACE_MESH_CONNECTIONS,
     MOBILEFACENET,
@@ -52,7 +53,7 @@ def load_analyzer(cfg: RefineConfig, store: ModelStore, pool: OnnxSessionPool) -
 def load_mesh_analyzer(cfg: RefineConfig, store: ModelStore, descriptor: FaceAnalyzer) -> MeshFaceAnalyzer:
     from portraitforge.models.mediapipe_face import BlazeFaceDetector, FaceMesh, YuNetDetector
     from portraitforge.refiners.detect import DlibFaceAnalyzer
-    from portraitforge.refiners.detect_mesh import Detector, MeshFaceAnalyzer
+    from portraitforge.refiners.detect_mesh import CombinedDetector, Detector, MeshFaceAnalyzer
 
     assert isinstance(descriptor, DlibFaceAnalyzer)
     choice = cfg.face_detector
@@ -62,7 +63,12 @@ def load_mesh_analyzer(cfg: RefineConfig, store: ModelStore, descriptor: FaceAna
     if choice == "yunet":
         detector = YuNetDetector.load(store.ensure(YUNET.name), detect_max_side=cfg.detect_max_side)
     else:
-        detector = BlazeFaceDetector.load(store.ensure(MEDIAPIPE_FACE_DETECTION_FULL_SPARSE.name))
+        detector = CombinedDetector(
+            [
+                BlazeFaceDetector.load(store.ensure(MEDIAPIPE_FACE_DETECTION_FULL_SPARSE.name)),
+                BlazeFaceDetector.load(store.ensure(MEDIAPIPE_FACE_DETECTION_SHORT.name)),
+            ]
+        )
     mesh = FaceMesh.load(store.ensure(MEDIAPIPE_FACE_LANDMARK.name))
     return MeshFaceAnalyzer(detector=detector, mesh=mesh, descriptor=descriptor, detector_name=choice)
 

@@ -122,7 +122,8 @@ def triangle_warp_maps(
     dst_tris = dst_pts[triangles][:, :, :2].astype(np.float32)
     src_tris = src_pts[triangles][:, :, :2].astype(np.float32)
     # A triangle folded flat by the geometry change has no affine; it keeps the outside one.
-    area = np.abs(np.cross(dst_tris[:, 1] - dst_tris[:, 0], dst_tris[:, 2] - dst_tris[:, 0]))
+    u, v = dst_tris[:, 1] - dst_tris[:, 0], dst_tris[:, 2] - dst_tris[:, 0]
+    area = np.abs(u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0])
     for t in np.nonzero(area > 1e-3)[0]:
         affines[t] = cv2.getAffineTransform(dst_tris[t], src_tris[t])
         cv2.fillConvexPoly(labels, np.round(dst_tris[t]).astype(np.int32), int(t))

@@ -1,0 +1,64 @@
+"""Headline figures of the default engine on the 72 ordered different-person pairs of ../shared/faces, judged
+by models the engine does not use for the judgement (portraitforge/evaluation.py): MobileFaceNet and dlib on
+dlib-found faces, Laplacian sharpness inside dlib's inner-face hull, foreign hair by the face parser.
+
+Issue 11's goals: >= 95% by each recogniser, median sharpness ratio >= 0.6, 0 pairs with foreign hair. The
+sharpness and hair goals are asserted as stated. The recognisers' rates are not at 95% yet (README, Figures:
+86% MobileFaceNet, 94% dlib with the parser, because hair, glasses frames and beards stay the target's); they
+are asserted at floors just under today's figures so that a regression fails, not at the goal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from portraitforge.config import RefineConfig
+from portraitforge.evaluation import Judge, PairFigures, contact_sheet, evaluate_pairs
+from portraitforge.imageio import save_image
+from portraitforge.models.face_parsing import FaceParser
+from portraitforge.models.mobilefacenet import MobileFaceNet
+from portraitforge.models.store import ModelStore
+from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.refiners.detect import DlibFaceAnalyzer
+
+REPO = Path(__file__).resolve().parents[1]
+ARTEFACTS = REPO / "outputs" / "test-artefacts"
+
+
+@pytest.fixture(scope="module")
+def figures(shared_faces_dir: Path) -> PairFigures:
+    store = ModelStore.from_dir()
+    if not store.has("bisenetv2_face_parsing"):
+        pytest.skip("the face parser (../shared/models) is needed to judge foreign hair")
+    judge = Judge(
+        dlib=DlibFaceAnalyzer.load(),
+        grader=MobileFaceNet.load(store.ensure("mobilefacenet", download=False)),
+        parser=FaceParser.load(store.ensure("bisenetv2_face_parsing", download=False)),
+    )
+    pipe = RefinePipeline.from_config(RefineConfig())
+    assert pipe.swapper.params()["parsing"] is True  # the parser is in the store, so the engine uses it
+    result = PairFigures(list(evaluate_pairs(pipe, shared_faces_dir, judge)))
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    save_image(ARTEFACTS / "worst_pairs.png", contact_sheet(result.worst(10), shared_faces_dir))
+    print(result.summary())
+    return result
+
+
+def test_every_pair_is_refined(figures: PairFigures) -> None:
+    assert len(figures.pairs) == 72
+    assert all(p.status in ("OK", "LOW_QUALITY") for p in figures.pairs)
+
+
+def test_faces_are_about_as_sharp_as_the_photo(figures: PairFigures) -> None:
+    assert figures.median_sharpness_ratio >= 0.6
+
+
+def test_no_identity_hair_on_the_target_face(figures: PairFigures) -> None:
+    assert figures.hair_failures == []
+
+
+def test_identity_transfer_floors(figures: PairFigures) -> None:
+    assert figures.grader_rate >= 0.85  # goal 0.95, not met (see the module docstring)
+    assert figures.dlib_rate >= 0.90  # goal 0.95, not met
