@@ -6,7 +6,9 @@ For every ordered pair of different people (target <- identity) this measures:
 - sharpness: Laplacian variance of result / target inside the target's inner face (dlib's 68-point hull,
   eroded), so the swap's own mask never decides where sharpness is measured;
 - foreign hair: pixels the face parser calls hair in the result where it called the target's skin or
-  features, as a share of that face area.
+  features, as a share of that face area. Pixels within 2% of the face height of the target's own hair do not
+  count: the parser's hair border moves by a few pixels between two photos of the same hairline (seen on a
+  shaved temple, where the flagged band was the target's own stubble).
 Faces in results are found by dlib's HOG detector and 68 landmarks, independent of the mesh analyzer.
 """
 
@@ -131,7 +133,11 @@ class Judge:
         face_area = np.isin(target_labels, np.array(FACE_INTERIOR, np.uint8))
         if not face_area.any():
             return 0.0
-        hair = result_labels == FaceClass.HAIR
+        k = max(3, int(face.height * 0.04) | 1)  # a disc of radius ~2% of the face height
+        own_hair = cv2.dilate(
+            (target_labels == FaceClass.HAIR).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        )
+        hair = (result_labels == FaceClass.HAIR) & (own_hair == 0)
         return float((hair & face_area).sum()) / float(face_area.sum())
 
 

@@ -145,10 +145,10 @@ class MeshSwapper:
 
     topology: MeshTopology = field(repr=False)
     parser: ParsingLabels | None = field(default=None, repr=False)
-    feather: float = 0.035  # Gaussian sigma of the mask edge, fraction of face height
-    erode: float = 0.03  # mask pulled in from the face oval, fraction of face height
+    feather: float = 0.025  # Gaussian sigma of the mask edge, fraction of face height
+    erode: float = 0.015  # mask pulled in from the face oval, fraction of face height
     color_transfer: bool = True
-    outline_strength: float = 0.0  # share of `strength` applied to the jaw/forehead outline
+    outline_strength: float = 0.5  # share of `strength` applied to the jaw/forehead outline
     hairline_pull: float = 0.35  # no parser: how far the mask's top edge is pulled in from the oval
     identity_colour_check: bool = True  # no parser: also leave out identity pixels unlike its skin (fringe)
     occlusion_aware: bool = True  # leave out hair, glasses frames and hands (parser or skin colour)
