@@ -57,8 +57,10 @@ def run_demo(folder: Path, pipe: RefinePipeline | None = None) -> DemoOutput:
     folder.mkdir(parents=True, exist_ok=True)
     pipe = pipe or RefinePipeline.from_config()
     target = astronaut()
-    id_image = identity_photo(pipe.analyzer)
-    identity = pipe.identity_from_image(id_image, "t1-face-1", source="insightface t1.jpg")
+    # The frontal, neutral portrait shipped with insightface: the faces of t1.jpg look down, squint or turn away,
+    # and an identity photo like that shows in every swap made from it.
+    id_image = load_image(insightface_image("Tom_Hanks_54745.png")).rgb
+    identity = pipe.identity_from_image(id_image, "tom-hanks", source="insightface Tom_Hanks_54745.png")
 
     result = pipe(target, identity)
     if result.image is None:

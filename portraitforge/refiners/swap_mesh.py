@@ -100,6 +100,13 @@ def skin_colour_match(
     return cv2.resize(match, (w, h), interpolation=cv2.INTER_NEAREST) if step > 1 else match
 
 
+def is_grayscale(image: ImageRGB) -> bool:
+    """True for a black-and-white photo (stored as RGB): no chroma spread anywhere worth matching."""
+    small = np.ascontiguousarray(image[::4, ::4])
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    return bool(max(lab[..., 1].std(), lab[..., 2].std()) < GRAY_CHROMA_STD)
+
+
 def _fan(loop: list[int], centre: int) -> list[tuple[int, int, int]]:
     return [(loop[i], loop[(i + 1) % len(loop)], centre) for i in range(len(loop))]
 
@@ -233,7 +240,8 @@ class MeshSwapper:
         # differs. At full strength with matching mouths only colour statistics read it, which the geometry
         # change barely moves, so the second warp is skipped.
         target_on_dst = crop.image
-        if strength < 1.0 or mouth_mismatch:
+        grayscale = is_grayscale(source)
+        if strength < 1.0 or mouth_mismatch or grayscale:
             tmap_x, tmap_y = triangle_warp_maps(target_all, dst_all, self._triangles, size, identical)
             target_on_dst = cv2.remap(crop.image, tmap_x, tmap_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
@@ -295,9 +303,12 @@ class MeshSwapper:
         skin_lab = (src - s_mean) * ratio + r_mean
         feature_lab = skin_lab.copy()
         feature_lab[..., 1:] = src[..., 1:] + (r_mean[1:] - s_mean[1:])
-        if max(s_std[1], s_std[2]) < GRAY_CHROMA_STD:  # a grayscale identity photo: no chroma of its own
-            skin_lab[..., 1:] = r_mean[1:]
-            feature_lab[..., 1:] = r_mean[1:]
+        if max(s_std[1], s_std[2]) < GRAY_CHROMA_STD:
+            # A black-and-white identity photo has no colour of its own: the target's, warped onto the new
+            # geometry (so its lips and cheeks land on the identity's), lightly smoothed.
+            chroma = cv2.GaussianBlur(ref[..., 1:], (0, 0), max(1.0, scale * 0.01))
+            skin_lab[..., 1:] = chroma
+            feature_lab[..., 1:] = chroma
         weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, scale * 0.01)).astype(np.float32)[..., None] / 255.0
         lab = skin_lab * weight + feature_lab * (1.0 - weight)
         matched = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
