@@ -35,6 +35,7 @@ def main() -> int:
     args.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
     args.add_argument("--configs", default="mesh,mesh-noparse,landmark")
     args.add_argument("--swapper", default="{}", help="JSON of mesh-swapper fields to override (experiments)")
+    args.add_argument("--detail", default="{}", help="JSON of detail-stage fields to override (experiments)")
     opts = args.parse_args()
     faces = SHARED / "faces"
     if not (faces / "identities.csv").is_file() or not opts.models.is_dir():
@@ -59,6 +60,9 @@ def main() -> int:
         overrides = json.loads(opts.swapper)
         if overrides and name.startswith("mesh"):
             pipe.swapper = dataclasses.replace(pipe.swapper, **overrides)  # type: ignore[type-var]
+        detail_overrides = json.loads(opts.detail)
+        if detail_overrides and pipe.detail is not None:
+            pipe.detail = dataclasses.replace(pipe.detail, **detail_overrides)
         start = time.perf_counter()
         figures = PairFigures(list(evaluate_pairs(pipe, faces, judge)))
         summary = figures.summary() | {"config": name, "seconds": round(time.perf_counter() - start, 1)}

@@ -191,3 +191,29 @@ def test_group_photo_refines_every_face(
     result = mesh_pipeline.with_config(RefineConfig(select="all"))(t1_rgb, hanks_identity)
     assert result.ok and [f.index for f in result.report.faces] == list(range(6))
     assert result.image is not None and not np.array_equal(result.image, t1_rgb)
+
+
+def test_glasses_frames_are_found_and_the_eyes_behind_them_are_not(
+    mesh_pipeline: RefinePipeline, shared_faces_dir: Path
+) -> None:
+    """person_i wears glasses: the parser labels frames and lenses as one region; only the frame is an occluder."""
+    from portraitforge.models.face_parsing import FaceClass, FaceParser
+    from portraitforge.refiners.swap_mesh import face_height, glasses_frames
+
+    store = ModelStore.from_dir()
+    if not store.has("bisenetv2_face_parsing"):
+        pytest.skip("the face parser (../shared/models) is not in the model store")
+    parser = FaceParser.load(store.ensure("bisenetv2_face_parsing", download=False))
+    photo = load_image(shared_faces_dir / "person_i_1.jpg").rgb
+    face = mesh_pipeline.analyzer.detect(photo)[0]
+    assert face.mesh is not None
+    labels = parser.labels(photo, face.box)
+    glasses = labels == FaceClass.EYE_G
+    topology = mesh_pipeline.swapper.topology  # type: ignore[attr-defined]
+    eyes = np.zeros(glasses.shape, np.uint8)
+    for loop in (topology.left_eye, topology.right_eye):
+        cv2.fillPoly(eyes, [np.round(face.mesh[list(loop), :2]).astype(np.int32)], 255)
+    frames = glasses_frames(photo, glasses, eyes, face_height(face.mesh))
+    assert glasses.sum() > 500
+    assert 0.15 < frames.sum() / glasses.sum() < 0.8  # the rims, not the lenses
+    assert not (frames & (eyes > 0)).any()

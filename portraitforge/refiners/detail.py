@@ -22,11 +22,14 @@ from portraitforge.types import FloatArray, ImageRGB
 
 @dataclass
 class DetailKeeper:
-    sigma: float = 0.006  # high-pass cut-off (Gaussian sigma) as a fraction of face height
+    # The finest band only (pores, grain, sensor noise): at 0.006 the target's fine folds came through too and cost
+    # one pair by each recogniser on ../shared/faces (benchmarks/bench_pairs.py --detail).
+    sigma: float = 0.004  # high-pass cut-off (Gaussian sigma) as a fraction of face height
+    amount: float = 1.0  # share of the original's fine band that replaces the result's
     name: str = "detail"
 
     def params(self) -> dict[str, Any]:
-        return {"detail_sigma": self.sigma}
+        return {"detail_sigma": self.sigma, "detail_amount": self.amount}
 
     def __call__(
         self,
@@ -37,7 +40,7 @@ class DetailKeeper:
         face_height_crop: float,
     ) -> ImageRGB:
         """`crop_weight` (0..1, crop coordinates) says where the original's detail belongs."""
-        if self.sigma <= 0:
+        if self.sigma <= 0 or self.amount <= 0:
             return result
         scale = matrix_scale(inverse)
         roi = mask_roi(crop_weight, inverse, pad=4)
@@ -49,9 +52,12 @@ class DetailKeeper:
             return result
         shift = inverse.astype(np.float64).copy()
         shift[:, 2] -= (x0, y0)
-        weight = cv2.warpAffine(
-            crop_weight.astype(np.float32), shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0
-        )[..., None]
+        weight = (
+            cv2.warpAffine(
+                crop_weight.astype(np.float32), shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0
+            )[..., None]
+            * self.amount
+        )
         sigma = max(0.7, self.sigma * face_height_crop * scale)
         res = result[y0:y1, x0:x1].astype(np.float32)
         orig = original[y0:y1, x0:x1].astype(np.float32)

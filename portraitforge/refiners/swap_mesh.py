@@ -462,11 +462,13 @@ def glasses_frames(image: ImageRGB, glasses: np.ndarray, eyes: np.ndarray, scale
     rim = (region > 0) & ~(cv2.erode(region, _ellipse(scale * 0.04)) > 0)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     kernel = _ellipse(scale * 0.05)
-    dark = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel) > 18
-    light = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel) > 30
+    # Frames contrast far more than the skin folds and shadows behind the lenses.
+    dark = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel) > 45
+    light = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel) > 60
     lines = (dark | light) & (region > 0) & ~(eyes > 0)
     frames = (rim | lines).astype(np.uint8) * 255
-    return cv2.dilate(frames, _ellipse(scale * 0.012)) > 0
+    # Grown over anti-aliased edges, but never into the eye openings: the eyes behind the lenses are swapped.
+    return (cv2.dilate(frames, _ellipse(scale * 0.012)) > 0) & ~(eyes > 0)
 
 
 def _points_box(points: FloatArray | None) -> FloatArray:
