@@ -375,6 +375,8 @@ def test_refine_pipeline_runs_with_insightface_and_inswapper(paths: dict[str, Pa
     from portraitforge.pipelines.refine import RefinePipeline
     from portraitforge.refiners.adjust import FaceAdjuster
     from portraitforge.refiners.blend import FaceBlender
+    from portraitforge.refiners.detect import DlibFaceAnalyzer
+    from portraitforge.refiners.grade import dlib_grader
     from portraitforge.refiners.upscale import NoUpscaler
 
     d = paths["swap"].parent
@@ -391,6 +393,7 @@ def test_refine_pipeline_runs_with_insightface_and_inswapper(paths: dict[str, Pa
         adjuster=FaceAdjuster(),
         blender=FaceBlender(),
         config=RefineConfig(analyzer="insightface", swap_engine="inswapper", strength=0.8),
+        grader=dlib_grader(DlibFaceAnalyzer.load()),  # independent of ArcFace, which drives inswapper
     )
     target = np.ascontiguousarray(skimage.data.astronaut())
     identity = pipe.identity_from_image(np.ascontiguousarray(target[:, ::-1]), "mirror")
@@ -402,3 +405,5 @@ def test_refine_pipeline_runs_with_insightface_and_inswapper(paths: dict[str, Pa
     assert 0 < changed.sum() < 0.25 * changed.size
     quality = result.report.faces[0].quality
     assert quality is not None and quality.identity_distance is not None and 0.0 <= quality.identity_distance <= 2.0
+    assert quality.grader is not None and quality.grader.model == "dlib"
+    assert -1.0 <= quality.grader.identity_similarity <= 1.0 and -1.0 <= quality.grader.original_similarity <= 1.0

@@ -3,7 +3,6 @@ per-face mappings, border faces, resolution presets and the upscaler stage."""
 
 from __future__ import annotations
 
-import csv
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from portraitforge.config import RefineConfig
 from portraitforge.errors import ModelUnavailableError, ParameterError
+from portraitforge.evaluation import first_photo_per_person
 from portraitforge.imageio import encode_image, load_image
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.refiners.detect import DlibFaceAnalyzer
@@ -30,21 +30,13 @@ def _result_embedding(analyzer: DlibFaceAnalyzer, image: np.ndarray, box: list[f
     return analyzer.embed(image, face)
 
 
-def _first_photo_per_person(shared_faces_dir: Path) -> dict[str, Path]:
-    firsts: dict[str, Path] = {}
-    with open(shared_faces_dir / "identities.csv") as handle:
-        for row in csv.DictReader(handle):
-            firsts.setdefault(row["identity"], shared_faces_dir / row["file"])
-    return firsts
-
-
 @pytest.mark.slow
 def test_identity_transfer_on_frontal_pairs_of_different_people(
     shared_faces_dir: Path, pipeline: RefinePipeline, analyzer: DlibFaceAnalyzer
 ) -> None:
     """Issue 2's criterion: the swapped face's dlib distance to the identity is < 0.6 and below its distance to
     the original person, on at least 90% of ordered pairs of different people."""
-    people = _first_photo_per_person(shared_faces_dir)
+    people = first_photo_per_person(shared_faces_dir)
     images = {p: load_image(path).rgb for p, path in people.items()}
     identities = {p: pipeline.identity_from_image(images[p], p) for p in people}
     originals = {p: analyzer.embed(images[p], max(analyzer.detect(images[p]), key=lambda f: f.area)) for p in people}

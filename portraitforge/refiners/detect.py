@@ -139,6 +139,15 @@ class DlibFaceAnalyzer:
         return float(np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32)))
 
 
+def box_iou(a: FloatArray, b: FloatArray) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, float(x1 - x0)) * max(0.0, float(y1 - y0))
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def order_faces(faces: list[Face]) -> list[Face]:
     """Stable reading order: left to right by box centre, ties broken top to bottom, then by size."""
     return sorted(faces, key=lambda f: (round(f.center[0], 1), round(f.center[1], 1), -f.area))

@@ -14,7 +14,7 @@ import numpy as np
 
 from portraitforge.errors import BadInputError
 from portraitforge.models.mediapipe_face import Detection, FaceMesh, kps5_from_mesh, landmarks68_from_mesh
-from portraitforge.refiners.detect import DLIB_SPACE, DlibFaceAnalyzer, order_faces
+from portraitforge.refiners.detect import DLIB_SPACE, DlibFaceAnalyzer, box_iou, order_faces
 from portraitforge.types import Face, FloatArray, ImageRGB
 
 
@@ -36,7 +36,7 @@ class CombinedDetector:
         found = sorted((d for det in self.detectors for d in det.detect(image)), key=lambda d: -d.score)
         kept: list[Detection] = []
         for detection in found:
-            if all(_iou(detection.box, other.box) < self.max_iou for other in kept):
+            if all(box_iou(detection.box, other.box) < self.max_iou for other in kept):
                 kept.append(detection)
         return kept
 
@@ -108,14 +108,6 @@ def _dedupe(faces: list[Face], max_iou: float = 0.5) -> list[Face]:
     """Tiled detection can report one face twice; keep the higher-scoring one of any overlapping pair."""
     kept: list[Face] = []
     for face in sorted(faces, key=lambda f: -f.score):
-        if all(_iou(face.box, other.box) < max_iou for other in kept):
+        if all(box_iou(face.box, other.box) < max_iou for other in kept):
             kept.append(face)
     return kept
-
-
-def _iou(a: FloatArray, b: FloatArray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, float(x1 - x0)) * max(0.0, float(y1 - y0))
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union if union > 0 else 0.0

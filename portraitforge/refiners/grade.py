@@ -102,21 +102,26 @@ class IdentityGrader:
 
 
 def reference_face(identity: Identity) -> Face:
-    """The identity's face in its reference crop, from its stored landmarks (68 points or a mesh)."""
+    """The identity's face in its reference crop, from its stored points: 68 landmarks (dlib, mesh analyzers),
+    the mesh, or the five keypoints an ArcFace analyzer keeps."""
     from portraitforge.refiners.detect import kps5_from_landmarks68
 
-    if identity.reference_landmarks68 is not None and len(identity.reference_landmarks68) == 68:
-        kps5 = kps5_from_landmarks68(identity.reference_landmarks68)
-        points = identity.reference_landmarks68
+    stored = np.asarray(identity.reference_landmarks68, np.float32)
+    landmarks: FloatArray | None = None
+    if len(stored) == 68:
+        kps5, points, landmarks = kps5_from_landmarks68(stored), stored, stored
     elif identity.reference_mesh is not None:
         from portraitforge.models.mediapipe_face import kps5_from_mesh
 
-        kps5 = kps5_from_mesh(identity.reference_mesh)
-        points = identity.reference_mesh[:, :2]
+        kps5, points = kps5_from_mesh(identity.reference_mesh), identity.reference_mesh[:, :2]
+    elif len(stored) == 5:
+        # Five points span the inner face only: widen them to a face-sized box.
+        kps5, centre = stored, stored.mean(0)
+        half = 1.2 * float(np.linalg.norm(stored[1] - stored[0]))
+        points = np.stack([centre - half, centre + half])
     else:
         raise ValueError(f"identity '{identity.name}' has no reference landmarks")
     box = np.array([*points.min(0), *points.max(0)], np.float32)
-    landmarks = identity.reference_landmarks68 if len(identity.reference_landmarks68) == 68 else None
     return Face(box=box, score=1.0, kps5=np.asarray(kps5, np.float32), landmarks68=landmarks)
 
 
