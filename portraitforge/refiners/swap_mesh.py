@@ -191,9 +191,16 @@ class MeshSwapper:
             "engine": self.name,
             "feather": self.feather,
             "erode": self.erode,
+            "outline_strength": self.outline_strength,
             "color_transfer": self.color_transfer,
-            "keep_detail": self.keep_detail,
+            "lighting_sigma": self.lighting_sigma,
+            "occlusion_aware": self.occlusion_aware,
             "parsing": self.parser is not None,
+            "hair_margin": self.hair_margin,
+            "exclude_beards": self.exclude_beards,
+            "hairline_pull": self.hairline_pull,
+            "identity_colour_check": self.identity_colour_check,
+            "keep_detail": self.keep_detail,
         }
 
     def _with_centres(self, points: FloatArray) -> FloatArray:
@@ -248,7 +255,7 @@ class MeshSwapper:
         features = self._feature_mask(size, dst_pts, scale)
         oval = polygon_mask(size, dst_pts[list(topo.face_oval)])
         skin = cv2.bitwise_and(oval, cv2.bitwise_not(features))
-        mask_u8, occluded = self._mask(crop, target_face, warped, map_x, map_y, identity, dst_pts, oval, features)
+        mask_u8, occluded = self._mask(crop, target_face, warped, dst_pts, oval, features)
         if self.color_transfer:
             # Colour statistics from skin both faces share, without beards or stubble: a beard the mask paints
             # over would otherwise darken and tint the whole face.
@@ -395,9 +402,6 @@ class MeshSwapper:
         crop: AlignedCrop,
         target_face: Face,
         warped: ImageRGB,
-        map_x: np.ndarray,
-        map_y: np.ndarray,
-        identity: Identity,
         dst_pts: FloatArray,
         oval: np.ndarray,
         features: np.ndarray,
