@@ -71,8 +71,11 @@ def load_analyzers(arcface: str = "auto", photos: int | None = None) -> list[Fac
     if arcface not in ("auto", "on", "off"):
         usage_error("--arcface must be auto, on or off")
     descriptor = "dlib" if photos is not None and photos < TORCH_DESCRIPTOR_MIN_PHOTOS else "auto"
-    analyzers: list[FaceAnalyzer] = [DlibFaceAnalyzer.load(descriptor_backend=descriptor)]
-    grader = _grader(analyzers[0])
+    dlib = DlibFaceAnalyzer.load(descriptor_backend=descriptor)
+    # The default engine's analyzer when its files are here: the store then keeps the reference's mesh, fitted on
+    # the whole photo, and aligns the reference exactly as a swap with that photo would.
+    analyzers: list[FaceAnalyzer] = [_mesh_analyzer(dlib) or dlib]
+    grader = _grader(dlib)
     if grader is not None:
         analyzers.append(grader)
     if arcface == "off":
@@ -86,6 +89,19 @@ def load_analyzers(arcface: str = "auto", photos: int | None = None) -> list[Fac
             message = exc.message if isinstance(exc, ModelUnavailableError) else str(exc)
             raise ModelUnavailableError(f"ArcFace analyzer unavailable: {message}") from None
     return analyzers
+
+
+def _mesh_analyzer(descriptor: FaceAnalyzer) -> FaceAnalyzer | None:
+    from portraitforge.config import RefineConfig
+    from portraitforge.errors import PortraitForgeError
+    from portraitforge.models.store import ModelStore
+    from portraitforge.pipelines.stages import load_mesh_analyzer
+
+    store = ModelStore.from_dir(offline=True)
+    try:
+        return load_mesh_analyzer(RefineConfig(), store, descriptor)
+    except PortraitForgeError:  # mesh files not set up: dlib alone still makes a usable identity
+        return None
 
 
 def _grader(detector: FaceAnalyzer) -> FaceAnalyzer | None:

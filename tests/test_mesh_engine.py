@@ -217,3 +217,16 @@ def test_glasses_frames_are_found_and_the_eyes_behind_them_are_not(
     assert glasses.sum() > 500
     assert 0.15 < frames.sum() / glasses.sum() < 0.8  # the rims, not the lenses
     assert not (frames & (eyes > 0)).any()
+
+
+def test_stored_identity_keeps_its_mesh_and_refines_like_the_fresh_one(
+    mesh_pipeline: RefinePipeline, tmp_path: Path, hanks_rgb: ImageRGB, astronaut_rgb: ImageRGB
+) -> None:
+    fresh = mesh_pipeline.identity_from_image(hanks_rgb, "hanks")
+    store = IdentityStore(tmp_path / "store")
+    store.add("hanks", [hanks_rgb], analyzers=[mesh_pipeline.analyzer])
+    stored = store.get("hanks", mesh_pipeline.analyzer)
+    assert stored.reference_mesh is not None and fresh.reference_mesh is not None
+    assert np.allclose(stored.reference_mesh, fresh.reference_mesh, atol=1e-4)
+    a, b = mesh_pipeline(astronaut_rgb, fresh), mesh_pipeline(astronaut_rgb, stored)
+    assert a.image is not None and b.image is not None and np.array_equal(a.image, b.image)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
-
 from portraitforge.errors import NoFaceError
 from portraitforge.refiners.align import align_face, native_crop_size, points_to_crop, transform_points
 from portraitforge.refiners.base import FaceAnalyzer
-from portraitforge.types import Face, FloatArray, Identity, ImageRGB
+from portraitforge.types import Identity, ImageRGB
 
 REFERENCE_MARGIN = 0.45
 # Native resolution (no upsampling): the pipeline's upscaler enlarges small references when it is set.
@@ -33,23 +31,6 @@ def identity_from_image(analyzer: FaceAnalyzer, image: ImageRGB, name: str, sour
         reference_crop=crop.image,
         reference_landmarks68=transform_points(landmarks, crop.matrix),
         sources=[digest],
-        reference_mesh=_reference_mesh(analyzer, crop.image, face, crop.matrix),
+        # Fitted on the whole photo; the identity store keeps this same mesh, so both refine identically.
+        reference_mesh=None if face.mesh is None else points_to_crop(face.mesh, crop.matrix),
     )
-
-
-def _reference_mesh(analyzer: FaceAnalyzer, crop: ImageRGB, face: Face, matrix: FloatArray) -> FloatArray | None:
-    """The mesh fitted on the reference crop itself, as it is for an identity loaded from the store (which keeps
-    the crop, not the photo): a fresh and a stored identity then refine identically."""
-    if face.mesh is None:
-        return None
-    fit_mesh = getattr(analyzer, "fit_mesh", None)
-    if fit_mesh is None:
-        return points_to_crop(face.mesh, matrix)
-    # The same five points a stored identity's are derived from (its 68 landmarks in the crop).
-    if face.landmarks68 is not None:
-        from portraitforge.refiners.detect import kps5_from_landmarks68
-
-        kps5 = kps5_from_landmarks68(transform_points(face.landmarks68, matrix))
-    else:
-        kps5 = transform_points(face.kps5, matrix)
-    return np.asarray(fit_mesh(crop, kps5), np.float32)

@@ -44,7 +44,7 @@ from portraitforge.embeddings_cache.identity import REFERENCE_MARGIN, REFERENCE_
 from portraitforge.errors import BadInputError, ModelUnavailableError, NoFaceError
 from portraitforge.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from portraitforge.paths import home_dir
-from portraitforge.refiners.align import align_face, native_crop_size, transform_points
+from portraitforge.refiners.align import align_face, native_crop_size, points_to_crop, transform_points
 from portraitforge.refiners.base import FaceAnalyzer
 from portraitforge.refiners.detect import DLIB_MATCH_THRESHOLD, DLIB_SPACE, DlibFaceAnalyzer, kps5_from_landmarks68
 from portraitforge.types import Face, FloatArray, Identity, ImageRGB
@@ -323,6 +323,7 @@ class PhotoData:
     reference_crop: ImageRGB  # native-size aligned crop (as identity_from_image builds it)
     reference_landmarks: FloatArray
     notes: list[str] = field(default_factory=list)
+    reference_mesh: FloatArray | None = None  # (468, 3) in `reference_crop` coordinates, from a mesh analyzer
 
 
 def photo_quality(face: Face, crop: ImageRGB) -> tuple[float, dict[str, float]]:
@@ -398,6 +399,7 @@ def analyze_photo(
         reference_crop=reference.image,
         reference_landmarks=transform_points(landmarks, reference.matrix),
         notes=notes,
+        reference_mesh=None if face.mesh is None else points_to_crop(face.mesh, reference.matrix),
     )
 
 
@@ -578,6 +580,9 @@ def pack(
         "reference_crop": np.ascontiguousarray(photos[consensus.reference].reference_crop, dtype=np.uint8),
         "reference_landmarks68": photos[consensus.reference].reference_landmarks.astype(np.float32),
     }
+    mesh = photos[consensus.reference].reference_mesh
+    if mesh is not None:  # the mesh engine's reference, fitted on the whole photo (better than on the crop)
+        tensors["reference_mesh"] = np.asarray(mesh, np.float32)
     spaces: dict[str, SpaceRecord] = {}
     for space, spec in specs.items():
         if space not in consensus.centroids:
@@ -665,6 +670,7 @@ def unpack(record: IdentityRecord, tensors: dict[str, np.ndarray]) -> list[Photo
                 reference_crop=tensors["reference_crop"] if is_ref else tensors["crops"][i],
                 reference_landmarks=tensors["reference_landmarks68"] if is_ref else tensors["crop_landmarks"][i],
                 notes=list(p.notes),
+                reference_mesh=tensors.get("reference_mesh") if is_ref else None,
             )
         )
     return photos
@@ -696,6 +702,7 @@ def validate(record: IdentityRecord, tensors: dict[str, np.ndarray], expected_na
     if n == 0 or [p.index for p in record.photos] != list(range(n)):
         raise bad("photo list is empty or out of order")
     expected = {"crops", "crop_landmarks", "crop_boxes", "reference_crop", "reference_landmarks68"}
+    expected |= {"reference_mesh"} & set(tensors)  # optional: identities stored by a mesh analyzer
     expected |= {_emb_key(s) for s in record.spaces} | {_centroid_key(s) for s in record.spaces}
     if set(tensors) != expected:
         raise bad(f"unexpected tensors {sorted(set(tensors) ^ expected)}")
@@ -723,6 +730,8 @@ def validate(record: IdentityRecord, tensors: dict[str, np.ndarray], expected_na
     if ref.shape[0] != ref.shape[1] or ref.shape[0] != record.reference.size or not 16 <= ref.shape[0] <= 4096:
         raise bad("reference crop size does not match its record")
     check("reference_landmarks68", np.float32, (lm.shape[1], 2))
+    if "reference_mesh" in tensors:
+        check("reference_mesh", np.float32, (468, 3))
     kept = set(record.kept)
     if not kept or record.reference.photo not in kept:
         raise bad("reference photo is not a kept photo")
@@ -1326,4 +1335,5 @@ def identity_from_record(record: IdentityRecord, tensors: dict[str, np.ndarray])
         reference_landmarks68=tensors["reference_landmarks68"].copy(),
         sources=[record.photos[i].sha256 for i in record.kept],
         cache_hit=True,
+        reference_mesh=tensors["reference_mesh"].copy() if "reference_mesh" in tensors else None,
     )
