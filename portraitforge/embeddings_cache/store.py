@@ -46,7 +46,13 @@ from portraitforge.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from portraitforge.paths import home_dir
 from portraitforge.refiners.align import align_face, native_crop_size, points_to_crop, transform_points
 from portraitforge.refiners.base import FaceAnalyzer
-from portraitforge.refiners.detect import DLIB_MATCH_THRESHOLD, DLIB_SPACE, DlibFaceAnalyzer, kps5_from_landmarks68
+from portraitforge.refiners.detect import (
+    DLIB_MATCH_THRESHOLD,
+    DLIB_SPACE,
+    DlibFaceAnalyzer,
+    box_iou,
+    kps5_from_landmarks68,
+)
 from portraitforge.types import Face, FloatArray, Identity, ImageRGB
 
 FORMAT = "portraitforge-identity"
@@ -345,17 +351,9 @@ def photo_quality(face: Face, crop: ImageRGB) -> tuple[float, dict[str, float]]:
     return round(quality, 4), detail
 
 
-def _box_iou(a: FloatArray, b: FloatArray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def _matching_face(faces: list[Face], box: FloatArray, min_iou: float = 0.3) -> Face | None:
-    best = max(faces, key=lambda f: _box_iou(f.box, box), default=None)
-    return best if best is not None and _box_iou(best.box, box) >= min_iou else None
+    best = max(faces, key=lambda f: box_iou(f.box, box), default=None)
+    return best if best is not None and box_iou(best.box, box) >= min_iou else None
 
 
 def analyze_photo(

@@ -23,7 +23,7 @@ from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import ARCFACE_W600K_R50, GENDERAGE, SCRFD_10G
 from portraitforge.models.store import ModelStore
 from portraitforge.refiners.base import FaceAnalyzer
-from portraitforge.refiners.detect import order_faces
+from portraitforge.refiners.detect import box_iou, order_faces
 from portraitforge.types import Face, FloatArray, ImageRGB
 
 ARCFACE_SPACE = "arcface-512"
@@ -271,7 +271,7 @@ class InsightFaceAnalyzer:
             return face
         offset = np.array([x0, y0], np.float32)
         shifted = boxes[:, :4] + np.tile(offset, 2)
-        ious = [_iou(face.box, b) for b in shifted]
+        ious = [box_iou(face.box, b) for b in shifted]
         best = int(np.argmax(ious))
         if ious[best] < 0.3:
             return face
@@ -323,14 +323,6 @@ class InsightFaceAnalyzer:
         pred = model.session.run(model.output_names, {model.input_name: blob})[0][0]
         gender: Gender = "male" if int(np.argmax(pred[:2])) == 1 else "female"
         return GenderAge(gender=gender, age=int(np.round(pred[2] * 100)), scores=(float(pred[0]), float(pred[1])))
-
-
-def _iou(a: FloatArray, b: FloatArray) -> float:
-    ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
-    ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, float(ix1 - ix0)) * max(0.0, float(iy1 - iy0))
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def select_by_gender(
