@@ -74,8 +74,8 @@ def load_analyzers(arcface: str = "auto", photos: int | None = None) -> list[Fac
     dlib = DlibFaceAnalyzer.load(descriptor_backend=descriptor)
     # The default engine's analyzer when its files are here: the store then keeps the reference's mesh, fitted on
     # the whole photo, and aligns the reference exactly as a swap with that photo would.
-    analyzers: list[FaceAnalyzer] = [_mesh_analyzer(dlib) or dlib]
-    grader = _grader(dlib)
+    mesh, grader = _default_engine_analyzers(dlib)
+    analyzers: list[FaceAnalyzer] = [mesh or dlib]
     if grader is not None:
         analyzers.append(grader)
     if arcface == "off":
@@ -91,29 +91,20 @@ def load_analyzers(arcface: str = "auto", photos: int | None = None) -> list[Fac
     return analyzers
 
 
-def _mesh_analyzer(descriptor: FaceAnalyzer) -> FaceAnalyzer | None:
+def _default_engine_analyzers(dlib: FaceAnalyzer) -> tuple[FaceAnalyzer | None, FaceAnalyzer | None]:
+    """The default engine's mesh analyzer and grader, built as a swap builds them, when their files are in the
+    model store (nothing is downloaded here); None for what is missing."""
     from portraitforge.config import RefineConfig
     from portraitforge.errors import PortraitForgeError
     from portraitforge.models.store import ModelStore
-    from portraitforge.pipelines.stages import load_mesh_analyzer
+    from portraitforge.pipelines.stages import load_grader, load_mesh_analyzer
 
-    store = ModelStore.from_dir(offline=True)
+    config, store = RefineConfig(), ModelStore.from_dir(offline=True)
     try:
-        return load_mesh_analyzer(RefineConfig(), store, descriptor)
+        mesh: FaceAnalyzer | None = load_mesh_analyzer(config, store, dlib)
     except PortraitForgeError:  # mesh files not set up: dlib alone still makes a usable identity
-        return None
-
-
-def _grader(detector: FaceAnalyzer) -> FaceAnalyzer | None:
-    """MobileFaceNet, when its file is in the model store: identities keep the grader's embedding too."""
-    from portraitforge.models.registry import MOBILEFACENET
-    from portraitforge.models.store import ModelStore
-    from portraitforge.refiners.grade import mobilefacenet_grader
-
-    store = ModelStore.from_dir()
-    if not store.has(MOBILEFACENET.name):
-        return None
-    return mobilefacenet_grader(store.ensure(MOBILEFACENET.name, download=False), detector)
+        mesh = None
+    return mesh, load_grader(config, store, dlib)
 
 
 def usage_error(message: str) -> NoReturn:

@@ -106,7 +106,9 @@ class RefineConfig(BaseModel):
             raise ValueError("the inswapper engine needs ArcFace embeddings: use analyzer insightface (or auto)")
         if self.gender != "any" and self.resolved_analyzer != "insightface":
             raise ValueError("gender selection needs the insightface analyzer (genderage model)")
-
+        if self.grader == "dlib" and self.swap_engine != "inswapper":
+            # The embedded engines are steered by dlib's landmarks and descriptor: dlib cannot judge them.
+            raise ValueError("the dlib grader is not independent of the embedded engines: use mobilefacenet (or auto)")
         return self
 
     @property
@@ -114,7 +116,9 @@ class RefineConfig(BaseModel):
         """`auto` follows the swap engine: the engine decides which embedding space is usable."""
         if self.analyzer != "auto":
             return self.analyzer
-        return {"inswapper": "insightface", "mesh": "mesh", "landmark": "dlib"}[self.swap_engine]  # type: ignore[return-value]
+        if self.swap_engine == "inswapper":
+            return "insightface"
+        return "mesh" if self.swap_engine == "mesh" else "dlib"
 
     @property
     def resolved_grader(self) -> Literal["mobilefacenet", "dlib", "none"]:

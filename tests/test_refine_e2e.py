@@ -239,6 +239,9 @@ def test_invalid_parameters_and_engine_pairings_are_refused() -> None:
         RefineConfig.validated({"swap_engine": "landmark", "analyzer": "insightface"})
     with pytest.raises(ParameterError, match="ArcFace"):
         RefineConfig.validated({"swap_engine": "inswapper", "analyzer": "dlib"})
+    with pytest.raises(ParameterError, match="dlib grader"):
+        RefineConfig.validated({"grader": "dlib"})
+    assert RefineConfig.validated({"swap_engine": "inswapper", "grader": "dlib"}).resolved_grader == "dlib"
 
 
 def test_inswapper_without_its_files_is_model_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,9 +73,9 @@ class MobileFaceNet:
     @staticmethod
     def similarity(a: FloatArray, b: FloatArray) -> float:
         """Cosine similarity (inputs need not be normalised)."""
-        va, vb = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-        denom = float(np.linalg.norm(va) * np.linalg.norm(vb))
-        return float(va @ vb / denom) if denom > 0 else 0.0
+        from portraitforge.refiners.grade import cosine
+
+        return cosine(a, b)
 
     def same_person(self, a: FloatArray, b: FloatArray) -> bool:
         return self.similarity(a, b) >= self.threshold

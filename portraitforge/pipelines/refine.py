@@ -35,7 +35,7 @@ from portraitforge.refiners.base import FaceAnalyzer, Swapper, Upscaler
 from portraitforge.refiners.blend import FaceBlender
 from portraitforge.refiners.detail import DetailKeeper
 from portraitforge.refiners.detect import DlibFaceAnalyzer, select_faces
-from portraitforge.refiners.grade import IdentityGrader
+from portraitforge.refiners.grade import IdentityGrader, reference_face
 from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_mask_to_frame
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
 from portraitforge.refiners.swap import LandmarkSwapper
@@ -322,7 +322,7 @@ class RefinePipeline:
                 fit_mesh = getattr(self.analyzer, "fit_mesh", None)
                 if fit_mesh is None:
                     raise ParameterError("the mesh swap engine needs the mesh analyzer (analyzer: mesh)")
-                kps5 = reference_kps5(identity)
+                kps5 = reference_face(identity).kps5
                 prepared = replace(prepared, reference_mesh=fit_mesh(identity.reference_crop, kps5))
             if enlarge:
                 image = self.upscaler(prepared.reference_crop)
@@ -386,7 +386,7 @@ class RefinePipeline:
             return stored
         key = (identity.name, hashlib.sha256(np.ascontiguousarray(identity.reference_crop).tobytes()).hexdigest())
         if key not in self._grader_cache:
-            self._grader_cache[key] = self.grader.identity_embedding(identity)
+            self._grader_cache[key] = self.grader.reference_embedding(identity)
         return self._grader_cache[key]
 
 
@@ -427,13 +427,6 @@ def face_to_crop(face: Face, matrix: FloatArray) -> Face:
         landmarks68=None if face.landmarks68 is None else transform_points(face.landmarks68, matrix),
         mesh=None if face.mesh is None else points_to_crop(face.mesh, matrix),
     )
-
-
-def reference_kps5(identity: Identity) -> FloatArray:
-    from portraitforge.refiners.detect import kps5_from_landmarks68
-
-    landmarks = identity.reference_landmarks68
-    return kps5_from_landmarks68(landmarks) if len(landmarks) == 68 else np.asarray(landmarks[:5], np.float32)
 
 
 def _no_face() -> PortraitForgeError:

@@ -104,11 +104,9 @@ def load_grader(cfg: RefineConfig, store: ModelStore, analyzer: FaceAnalyzer) ->
     choice = cfg.resolved_grader
     if choice == "none":
         return None
-    if choice == "dlib":
-        from portraitforge.refiners.detect import DLIB_SPACE, DlibFaceAnalyzer
+    if choice == "dlib":  # only for inswapper (RefineConfig refuses it with the embedded engines)
+        from portraitforge.refiners.detect import DlibFaceAnalyzer
 
-        if analyzer.embedding_space == DLIB_SPACE and cfg.swap_engine != "inswapper":
-            raise ModelUnavailableError("the dlib grader is not independent of the embedded engines: use mobilefacenet")
         return dlib_grader(DlibFaceAnalyzer.load(descriptor_backend=cfg.descriptor_backend))
     try:
         path = store.ensure(MOBILEFACENET.name, download=cfg.grader != "auto")

@@ -30,26 +30,30 @@ def template_points(size: int, margin: float = 0.0) -> FloatArray:
     return (unit / (1.0 + 2.0 * margin) * size + size / 2.0).astype(np.float32)
 
 
-def umeyama_similarity(src: FloatArray, dst: FloatArray) -> FloatArray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst, as 2x3.
+def umeyama(src: FloatArray, dst: FloatArray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (rotation, uniform scale, translation) in any dimension: dst ~ s * R @ src + t.
 
     Written out (Umeyama 1991) because skimage's `SimilarityTransform.estimate` is deprecated and
     `cv2.estimateAffinePartial2D` is a robust (RANSAC/LMedS) estimator, not the exact LS fit.
     """
     src64 = np.asarray(src, np.float64)
     dst64 = np.asarray(dst, np.float64)
-    n = src64.shape[0]
+    n, dim = src64.shape
     mu_s, mu_d = src64.mean(0), dst64.mean(0)
     xs, xd = src64 - mu_s, dst64 - mu_d
-    cov = xd.T @ xs / n
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.ones(2)
+    u, d, vt = np.linalg.svd(xd.T @ xs / n)
+    sign = np.ones(dim)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[-1] = -1
     rot = u @ np.diag(sign) @ vt
     var_s = (xs**2).sum() / n
-    scale = (d * sign).sum() / var_s if var_s > 0 else 1.0
-    t = mu_d - scale * rot @ mu_s
+    scale = float((d * sign).sum() / var_s) if var_s > 0 else 1.0
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def umeyama_similarity(src: FloatArray, dst: FloatArray) -> FloatArray:
+    """The 2D least-squares similarity mapping src -> dst, as a 2x3 matrix."""
+    scale, rot, t = umeyama(src, dst)
     m = np.zeros((2, 3), np.float64)
     m[:, :2] = scale * rot
     m[:, 2] = t

@@ -7,8 +7,9 @@ stays dlib-128, so identities built with dlib keep working and dlib remains the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -33,12 +34,7 @@ class CombinedDetector:
     max_iou: float = 0.3
 
     def detect(self, image: ImageRGB) -> list[Detection]:
-        found = sorted((d for det in self.detectors for d in det.detect(image)), key=lambda d: -d.score)
-        kept: list[Detection] = []
-        for detection in found:
-            if all(box_iou(detection.box, other.box) < self.max_iou for other in kept):
-                kept.append(detection)
-        return kept
+        return distinct((d for det in self.detectors for d in det.detect(image)), self.max_iou)
 
 
 @dataclass
@@ -70,7 +66,7 @@ class MeshFaceAnalyzer:
             if fit.presence < self.min_presence:
                 continue
             faces.append(self._face(fit.points, detection.box, detection.score, fit.presence))
-        return order_faces(_dedupe(faces))
+        return order_faces(distinct(faces, max_iou=0.5))
 
     def fit_mesh(self, image: ImageRGB, kps5: FloatArray) -> FloatArray:
         """The mesh of a face known by its five keypoints (e.g. an identity's reference crop)."""
@@ -104,10 +100,22 @@ class MeshFaceAnalyzer:
         return self.descriptor.distance(a, b)
 
 
-def _dedupe(faces: list[Face], max_iou: float = 0.5) -> list[Face]:
-    """Tiled detection can report one face twice; keep the higher-scoring one of any overlapping pair."""
-    kept: list[Face] = []
-    for face in sorted(faces, key=lambda f: -f.score):
-        if all(box_iou(face.box, other.box) < max_iou for other in kept):
-            kept.append(face)
+class _Boxed(Protocol):
+    @property
+    def box(self) -> FloatArray: ...
+
+    @property
+    def score(self) -> float: ...
+
+
+Boxed = TypeVar("Boxed", bound=_Boxed)
+
+
+def distinct(items: Iterable[Boxed], max_iou: float) -> list[Boxed]:
+    """Highest score first, dropping any item whose box overlaps a kept one by `max_iou` or more (tiled or
+    combined detectors report one face more than once)."""
+    kept: list[Boxed] = []
+    for item in sorted(items, key=lambda x: -x.score):
+        if all(box_iou(item.box, other.box) < max_iou for other in kept):
+            kept.append(item)
     return kept

@@ -77,13 +77,9 @@ class IdentityGrader:
     def similarity(self, a: FloatArray, b: FloatArray) -> float:
         return cosine(a, b)
 
-    def identity_embedding(self, identity: Identity) -> FloatArray:
-        """The identity's stored vector in this space, else one from its reference crop."""
-        stored = identity.embeddings.get(self.embedding_space)
-        if stored is not None:
-            return stored
-        crop_face = reference_face(identity)
-        return self.embed(identity.reference_crop, crop_face)
+    def reference_embedding(self, identity: Identity) -> FloatArray:
+        """The identity's vector in this space from its reference crop (for identities that lack a stored one)."""
+        return self.embed(identity.reference_crop, reference_face(identity))
 
     def score(
         self, result: ImageRGB, result_face: Face, original: ImageRGB, original_face: Face, identity_vec: FloatArray

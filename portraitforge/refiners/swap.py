@@ -78,7 +78,13 @@ def piecewise_affine_maps(src_pts: FloatArray, dst_pts: FloatArray, size: int) -
         ys, xs = np.nonzero(missing)
         found = tri.find_simplex(np.stack([xs, ys], 1).astype(np.float64))
         labels[ys, xs] = np.where(found >= 0, found, 0)
-    grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32)
+    return affine_maps(affines, labels)
+
+
+def affine_maps(affines: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(map_x, map_y) for cv2.remap from a per-pixel triangle id map and one 2x3 affine per id."""
+    h, w = labels.shape
+    grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
     a = affines[labels]
     map_x = a[..., 0, 0] * grid_x + a[..., 0, 1] * grid_y + a[..., 0, 2]
     map_y = a[..., 1, 0] * grid_x + a[..., 1, 1] * grid_y + a[..., 1, 2]

@@ -6,9 +6,11 @@ the target's. The rest of the engine:
 - geometry moves toward the identity in 3D (pose removed by a 3D similarity fit), the outline stays;
 - the target's own texture is warped onto the same new geometry, so `strength` < 1 mixes two aligned
   layers (no double eyes) and an open mouth keeps the target's teeth with no ghost lip;
-- colour: LAB statistics over skin plus a low-frequency lighting ratio (shared with the landmark engine);
-- detail: the target's fine skin texture replaces the identity's on skin (not on eyes, brows or lips),
-  so the face is as sharp and as grainy as the photo around it;
+- colour: the target's LAB statistics on skin, only its colour cast on eyes, brows and lips, plus a
+  low-frequency lighting ratio (shared with the landmark engine);
+- detail: the engine says where the target's fine skin texture belongs (skin, not eyes, brows or lips);
+  the detail stage (`detail.py`) puts it back after blending, so the face is as sharp and as grainy as
+  the photo around it;
 - mask: the target's skin, brows, eyes, nose and lips, never its hair, glasses or hands, and never the
   identity's hair or background: from the face parser when present, else from the mesh and skin colour.
 """
@@ -23,9 +25,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from portraitforge.models.face_parsing import FACE_INTERIOR, FaceClass
 from portraitforge.models.mesh_topology import MeshTopology
-from portraitforge.refiners.align import matrix_scale
-from portraitforge.refiners.swap import GRAY_CHROMA_STD, lighting_transfer
+from portraitforge.refiners.align import matrix_scale, umeyama
+from portraitforge.refiners.swap import GRAY_CHROMA_STD, affine_maps, lighting_transfer
 from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
 
 # Mouth openness (inner-lip gap / mouth width) above which a mouth counts as open.
@@ -39,13 +42,10 @@ FOREHEAD_TOP, CHIN, NOSE_BRIDGE, NOSE_TIP = 10, 152, 6, 4
 ParsingLabels = Callable[[ImageRGB, FloatArray], np.ndarray]
 
 
-# BiSeNet (CelebAMask-HQ) class ids; the parser module defines the same order.
-SKIN, L_BROW, R_BROW, L_EYE, R_EYE, EYE_GLASSES = 1, 2, 3, 4, 5, 6
-NOSE, MOUTH, U_LIP, L_LIP, NECK = 10, 11, 12, 13, 14
-FACE_CLASSES = (SKIN, L_BROW, R_BROW, L_EYE, R_EYE, NOSE, MOUTH, U_LIP, L_LIP)
-# What counts as face inside the mesh's oval: glasses (their frame is handled apart) and "neck", which
-# there is the lower part of a beard or a chin the parser missed.
-PARSED_FACE = np.array((*FACE_CLASSES, EYE_GLASSES, NECK))
+# What counts as face inside the mesh's oval: the parser's face interior (glasses included: their frame is
+# handled apart) and "neck", which there is the lower part of a beard or a chin the parser missed.
+PARSED_FACE = np.array((*FACE_INTERIOR, FaceClass.NECK), np.uint8)
+EYE_GLASSES = FaceClass.EYE_G
 
 
 def mouth_openness(points: FloatArray) -> float:
@@ -57,22 +57,6 @@ def mouth_openness(points: FloatArray) -> float:
 def face_height(points: FloatArray) -> float:
     """Forehead-top to chin along the mesh: the unit of every size-relative parameter."""
     return float(np.linalg.norm(points[FOREHEAD_TOP, :2] - points[CHIN, :2])) + 1e-6
-
-
-def similarity_3d(src: FloatArray, dst: FloatArray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares 3D similarity (Umeyama): dst ~ scale * R @ src + t. Removes head pose and size, so
-    what remains between two meshes is the difference in face shape."""
-    s64, d64 = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = s64.mean(0), d64.mean(0)
-    xs, xd = s64 - mu_s, d64 - mu_d
-    u, d, vt = np.linalg.svd(xd.T @ xs / len(s64))
-    sign = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    rot = u @ np.diag(sign) @ vt
-    var_s = (xs**2).sum() / len(s64)
-    scale = float((d * sign).sum() / var_s) if var_s > 0 else 1.0
-    return scale, rot, mu_d - scale * rot @ mu_s
 
 
 def skin_colour_match(
@@ -134,11 +118,7 @@ def triangle_warp_maps(
     for t in np.nonzero(area > 1e-3)[0]:
         affines[t] = cv2.getAffineTransform(dst_tris[t], src_tris[t])
         cv2.fillConvexPoly(labels, np.round(dst_tris[t]).astype(np.int32), int(t))
-    grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32)
-    a = affines[labels]
-    map_x = a[..., 0, 0] * grid_x + a[..., 0, 1] * grid_y + a[..., 0, 2]
-    map_y = a[..., 1, 0] * grid_x + a[..., 1, 1] * grid_y + a[..., 1, 2]
-    return map_x.astype(np.float32), map_y.astype(np.float32)
+    return affine_maps(affines, labels)
 
 
 def _ellipse(diameter: float) -> np.ndarray:
@@ -221,7 +201,7 @@ class MeshSwapper:
         scale = face_height(target_pts)
 
         # Identity shape in the target's pose: a 3D similarity removes rotation, size and position.
-        s, rot, t = similarity_3d(id_pts, target_pts)
+        s, rot, t = umeyama(id_pts, target_pts)
         id_on_target = (s * id_pts.astype(np.float64) @ rot.T + t).astype(np.float32)
         mouth_mismatch = (mouth_openness(target_pts) > MOUTH_OPEN_RATIO) != (mouth_openness(id_pts) > MOUTH_OPEN_RATIO)
         weights = np.full(len(target_pts), float(strength), np.float32)
@@ -255,7 +235,7 @@ class MeshSwapper:
         features = self._feature_mask(size, dst_pts, scale)
         oval = polygon_mask(size, dst_pts[list(topo.face_oval)])
         skin = cv2.bitwise_and(oval, cv2.bitwise_not(features))
-        mask_u8, occluded = self._mask(crop, target_face, warped, dst_pts, oval, features)
+        mask_u8, occluded = self._mask(crop, target_face, warped, dst_pts, oval, skin)
         if self.color_transfer:
             # Colour statistics from skin both faces share, without beards or stubble: a beard the mask paints
             # over would otherwise darken and tint the whole face.
@@ -273,16 +253,18 @@ class MeshSwapper:
         if strength < 1.0:
             warped = cv2.addWeighted(warped, float(strength), target_on_dst, 1.0 - float(strength), 0.0)
         mask = mask_u8.astype(np.float32) / 255.0
-        # Skin in both geometries: the target's detail must not print its own eyes, brows or lips.
-        target_features = self._feature_mask(size, target_pts, scale)
-        detail = cv2.bitwise_and(skin, cv2.bitwise_not(cv2.bitwise_or(target_features, occluded)))
-        detail_mask = cv2.GaussianBlur(detail, (0, 0), max(1.0, scale * 0.01)).astype(np.float32) / 255.0
+        detail_mask = None
+        if self.keep_detail:
+            # Skin in both geometries: the target's detail must not print its own eyes, brows or lips.
+            target_features = self._feature_mask(size, target_pts, scale)
+            detail = cv2.bitwise_and(skin, cv2.bitwise_not(cv2.bitwise_or(target_features, occluded)))
+            detail_mask = cv2.GaussianBlur(detail, (0, 0), max(1.0, scale * 0.01)).astype(np.float32) / 255.0 * mask
         return SwapOutput(
             image=warped,
             mask=mask,
             landmarks68=None,
             source_scale=matrix_scale(fit_2d),
-            detail_mask=detail_mask * mask if self.keep_detail else None,
+            detail_mask=detail_mask,
             face_height=scale,
         )
 
@@ -404,9 +386,10 @@ class MeshSwapper:
         warped: ImageRGB,
         dst_pts: FloatArray,
         oval: np.ndarray,
-        features: np.ndarray,
+        skin: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Feathered swap mask, plus the occluded pixels (target or identity non-face) it leaves out."""
+        """Feathered swap mask, plus the occluded pixels (target or identity non-face) it leaves out.
+        `skin` is the oval without the inner features: where colour decides what is skin."""
         scale = face_height(dst_pts)
         if self.parser is not None:
             target_labels = self.parser(crop.image, _points_box(target_face.mesh))
@@ -416,28 +399,24 @@ class MeshSwapper:
             target_pts = np.asarray(target_face.mesh, np.float32)
             eyes = self._eye_region(crop.size, target_pts, target_pts, scale)
             target_frames = glasses_frames(crop.image, target_labels == EYE_GLASSES, eyes, scale)
-            target_off = ~np.isin(target_labels, PARSED_FACE) | target_frames
-            # The parser calls most of a beard skin; `exclude_beards` keeps the target's beard (colour far from
-            # its upper cheeks) in front, at the cost of identity on the lower face.
-            region = cv2.bitwise_and(oval, cv2.bitwise_not(features))
-            band = self._cheek_band(crop.size, dst_pts, region)
-            beard = np.zeros(oval.shape, bool)
+            off = ~np.isin(target_labels, PARSED_FACE) | target_frames
             if self.exclude_beards:
-                beard = ~(skin_colour_match(crop.image, band) > 0) & (region > 0)
-            off = (target_off | beard).astype(np.uint8) * 255
-            occluded = cv2.bitwise_and(oval, off)
+                # The parser calls most of a beard skin: colour far from the upper cheeks keeps the target's
+                # beard in front, at the cost of identity on the lower face.
+                band = self._cheek_band(crop.size, dst_pts, skin)
+                off |= ~(skin_colour_match(crop.image, band) > 0) & (skin > 0)
+            occluded = cv2.bitwise_and(oval, off.astype(np.uint8) * 255)
         else:
             # No parser: the mesh's oval pulled in at the forehead and temples, where hair most often
             # crosses a face, minus pixels that look like neither person's skin (the target's fringe,
             # glasses frames, hands or beard; the identity's fringe or beard).
             inner = polygon_mask(crop.size, self._inner_oval(dst_pts))
-            region = cv2.bitwise_and(oval, cv2.bitwise_not(features))
             # Colour statistics from the upper cheeks and nose only: a beard or fringe would join them.
-            band = self._cheek_band(crop.size, dst_pts, region)
+            band = self._cheek_band(crop.size, dst_pts, skin)
             both_skin = skin_colour_match(crop.image, band)
             if self.identity_colour_check:
                 both_skin = cv2.bitwise_and(both_skin, skin_colour_match(warped, band))
-            not_skin = cv2.bitwise_and(region, cv2.bitwise_not(both_skin))
+            not_skin = cv2.bitwise_and(skin, cv2.bitwise_not(both_skin))
             occluded = cv2.bitwise_or(cv2.bitwise_and(oval, cv2.bitwise_not(inner)), not_skin)
         if not self.occlusion_aware:
             occluded = np.zeros_like(oval)
