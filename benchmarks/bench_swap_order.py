@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from onnx_fixtures import make_inswapper, make_passthrough_inswapper  # noqa: E402
 
 from portraitforge.models.onnx_runtime import OnnxSessionPool  # noqa: E402
+from portraitforge.pipelines.stage_registry import build_upscaler  # noqa: E402
 from portraitforge.refiners.align import align_face, native_crop_size, transform_points  # noqa: E402
 from portraitforge.refiners.detect import DlibFaceAnalyzer  # noqa: E402
 from portraitforge.refiners.detect_insightface import ARCFACE_SPACE  # noqa: E402
 from portraitforge.refiners.swap_inswapper import InswapperModel, InswapperSwapper  # noqa: E402
-from portraitforge.refiners.upscale import LanczosUpscaler, build_upscaler  # noqa: E402
+from portraitforge.refiners.upscale import LanczosUpscaler  # noqa: E402
 from portraitforge.types import Identity  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "faces"

@@ -10,13 +10,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import DEFAULT_MAX_PIXELS
+from portraitforge.pipelines.stage_registry import (
+    ANALYZERS,
+    GRADERS,
+    SWAPPERS,
+    check_config_choices,
+    describe_choices,
+    upscaler_spec,
+)
 from portraitforge.refiners.resize import Resolution
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class RefineConfig(BaseModel):
-    """Every knob of the refine path. Field docs double as CLI help."""
+    """Every knob of the refine path. Field docs double as CLI help; the stage fields' choices and help come from
+    the stage registries (`pipelines/stage_registry.py`, which also says what each `auto` means)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -24,28 +33,22 @@ class RefineConfig(BaseModel):
     face_index: int = Field(0, ge=0, description="face number for select=index (reading order)")
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps the target, 1 is the full identity")
     analyzer: Literal["auto", "mesh", "dlib", "insightface"] = Field(
-        "auto",
-        description="face analysis: mesh (MediaPipe detector + 468-point mesh), dlib (HOG + 68 points), "
-        "insightface (SCRFD + ArcFace files); auto follows the swap engine",
+        "auto", description="face analysis: " + describe_choices("analyzer")
     )
     face_detector: Literal["auto", "blazeface", "yunet"] = Field(
-        "auto", description="mesh analyzer's detector: blazeface (MediaPipe full range), yunet, auto (yunet if present)"
+        "auto", description="mesh analyzer's detector: " + describe_choices("face_detector")
     )
     descriptor_backend: Literal["auto", "dlib", "torch"] = Field(
         "auto", description="dlib 128-d descriptor: torch port (8x faster, checked against dlib) or dlib itself"
     )
     swap_engine: Literal["mesh", "landmark", "inswapper"] = Field(
-        "mesh",
-        description="mesh (embedded, 468-point mesh warp), landmark (embedded, 68-point warp) or inswapper "
-        "(inswapper_128 files, ArcFace identities)",
+        "mesh", description="swap engine: " + describe_choices("swapper")
     )
     parsing: Literal["auto", "on", "off"] = Field(
         "auto", description="mesh engine: face-parsing masks (BiSeNetV2 file); auto uses it when it is in the store"
     )
     grader: Literal["auto", "mobilefacenet", "dlib", "none"] = Field(
-        "auto",
-        description="second recogniser for quality.grader, one the engine does not steer with; auto: "
-        "mobilefacenet for the embedded engines, dlib for inswapper",
+        "auto", description="second recogniser for quality.grader: " + describe_choices("grader")
     )
     keep_detail: bool = Field(True, description="keep the photo's fine skin detail on the swapped face")
     swap_order: Literal["upscale-swap", "swap-upscale"] = Field(
@@ -57,8 +60,8 @@ class RefineConfig(BaseModel):
     mask: Literal["hull", "features"] = Field("hull", description="hull: whole face; features: eyes/nose/mouth")
     feather: float = Field(0.05, ge=0.0, le=0.5, description="mask feather, fraction of face height")
     color_transfer: bool = True
-    blend: Literal["poisson", "poisson-mixed", "multiband", "feather"] = Field(
-        "multiband", description="multiband (Laplacian pyramid, default), poisson, poisson-mixed or feather"
+    blend: Literal["multiband", "poisson", "poisson-mixed", "feather"] = Field(
+        "multiband", description="blending: " + describe_choices("blender")
     )
     smoothing: float = Field(0.0, ge=0.0, le=1.0)
     brightness: float = Field(0.0, ge=-1.0, le=1.0)
@@ -66,11 +69,7 @@ class RefineConfig(BaseModel):
     saturation: float = Field(0.0, ge=-1.0, le=1.0)
     resolution: str = Field("original", description="original, 512, 1024, 2048 or WxH")
     fit: Literal["pad", "crop", "stretch"] = "pad"
-    upscaler: str = Field(
-        "none",
-        description="none, lanczos, realesrgan-x4plus (embedded), realesrgan-x4plus-anime, realesr-animevideov3, "
-        "or a path to a spandrel-loadable .pth/.safetensors",
-    )
+    upscaler: str = Field("none", description="face crop upscaler: " + describe_choices("upscaler"))
     frame_upscaler: str = Field(
         "none",
         description="enlarge the whole frame with this upscaler (same names as upscaler) when the output "
@@ -95,37 +94,41 @@ class RefineConfig(BaseModel):
         Resolution.parse(value)
         return value
 
+    @field_validator("upscaler", "frame_upscaler")
+    @classmethod
+    def _check_upscaler(cls, value: str) -> str:
+        try:
+            upscaler_spec(value)  # a registered name or a path to a model file
+        except ParameterError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
     @model_validator(mode="after")
     def _check_engine_pairing(self) -> RefineConfig:
-        # Identities never cross embedding spaces, and each engine needs what its analyzer gives.
-        if self.swap_engine == "landmark" and self.analyzer == "insightface":
-            raise ValueError("the landmark swap engine needs 68 landmarks: use analyzer dlib, mesh (or auto)")
-        if self.swap_engine == "mesh" and self.analyzer not in ("auto", "mesh"):
-            raise ValueError("the mesh swap engine needs the 468-point mesh: use analyzer mesh (or auto)")
-        if self.swap_engine == "inswapper" and self.analyzer in ("dlib", "mesh"):
-            raise ValueError("the inswapper engine needs ArcFace embeddings: use analyzer insightface (or auto)")
+        # Identities never cross embedding spaces, and each engine needs what its analyzer gives (the swapper
+        # registry lists which analyzers and graders fit each engine).
+        engine = SWAPPERS.get(self.swap_engine)
+        if self.analyzer != "auto" and (reason := engine.check_analyzer(self.analyzer)) is not None:
+            raise ValueError(f"{reason} (or auto)")
         if self.gender != "any" and self.resolved_analyzer != "insightface":
             raise ValueError("gender selection needs the insightface analyzer (genderage model)")
-        if self.grader == "dlib" and self.swap_engine != "inswapper":
+        if self.grader != "auto" and self.grader not in engine.graders:
             # The embedded engines are steered by dlib's landmarks and descriptor: dlib cannot judge them.
-            raise ValueError("the dlib grader is not independent of the embedded engines: use mobilefacenet (or auto)")
+            raise ValueError(
+                f"the {self.grader} grader is not independent of the {self.swap_engine} engine: "
+                f"use {', '.join(engine.graders)} (or auto)"
+            )
         return self
 
     @property
-    def resolved_analyzer(self) -> Literal["mesh", "dlib", "insightface"]:
-        """`auto` follows the swap engine: the engine decides which embedding space is usable."""
-        if self.analyzer != "auto":
-            return self.analyzer
-        if self.swap_engine == "inswapper":
-            return "insightface"
-        return "mesh" if self.swap_engine == "mesh" else "dlib"
+    def resolved_analyzer(self) -> str:
+        """`auto` follows the swap engine (see `pipelines/stage_registry.py`)."""
+        return ANALYZERS.resolve_name(self)
 
     @property
-    def resolved_grader(self) -> Literal["mobilefacenet", "dlib", "none"]:
-        """A grader independent of the engine: MobileFaceNet unless the engine is ArcFace-driven."""
-        if self.grader != "auto":
-            return self.grader
-        return "dlib" if self.swap_engine == "inswapper" else "mobilefacenet"
+    def resolved_grader(self) -> str:
+        """`auto`: a grader independent of the engine (see `pipelines/stage_registry.py`)."""
+        return GRADERS.resolve_name(self)
 
     @property
     def parsed_resolution(self) -> Resolution:
@@ -156,3 +159,7 @@ class RefineConfig(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(x) for x in first["loc"]) or "value"
             raise ParameterError(f"{source}: {field}: {first['msg']}") from None
+
+
+# The stage fields' Literal choices are the registries' names: checked once here, so neither can drift.
+check_config_choices({name: info.annotation for name, info in RefineConfig.model_fields.items()})

@@ -13,16 +13,16 @@ import pytest
 import skimage.data
 from onnx_fixtures import ASTRONAUT_BOX, ASTRONAUT_KPS5, make_arcface, make_genderage, make_scrfd
 
-from portraitforge.errors import BadInputError, ModelUnavailableError
+from portraitforge.config import RefineConfig
+from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
 from portraitforge.models.onnx_runtime import OnnxSessionPool, OnnxSettings, select_providers
 from portraitforge.models.registry import ARCFACE_W600K_R50, GENDERAGE, SCRFD_10G, ModelRegistry, ModelSpec
 from portraitforge.models.store import ModelStore
+from portraitforge.pipelines.stage_registry import ANALYZERS
 from portraitforge.refiners.detect_insightface import (
     ARCFACE_SPACE,
     InsightFaceAnalyzer,
     InsightFaceModels,
-    build_analyzer,
-    insightface_available,
     norm_crop,
     norm_matrix,
     select_by_gender,
@@ -238,26 +238,29 @@ def _synthetic_store(root: Path, synthetic: Synthetic, offline: bool = True) -> 
     return ModelStore(root=root, registry=registry, offline=offline)
 
 
-def test_build_analyzer_backends(tmp_path: Path, synthetic: Synthetic, photo: np.ndarray) -> None:
+def test_analyzer_registry_builds_insightface(tmp_path: Path, synthetic: Synthetic, photo: np.ndarray) -> None:
+    """The one way analyzers are built: the registry entry, its missing files named before any loading."""
+    insightface = ANALYZERS.get("insightface")
+    config = RefineConfig(swap_engine="inswapper")
+    assert ANALYZERS.resolve(config) is insightface  # auto follows the engine, whatever files are stored
     empty = ModelStore(root=tmp_path / "empty", offline=True)
-    # Nothing stored: "auto" means the embedded dlib backend (not constructed here: its load is slow).
-    assert not insightface_available(empty)
+    assert insightface.missing_models(config, empty) == [SCRFD_10G.name, ARCFACE_W600K_R50.name, GENDERAGE.name]
     with pytest.raises(ModelUnavailableError, match="det_10g.onnx"):
-        build_analyzer("insightface", store=empty)
-    with pytest.raises(BadInputError):
-        build_analyzer("retinaface", store=empty)
+        insightface.from_config(config, empty)
+    with pytest.raises(ParameterError):
+        ANALYZERS.get("retinaface")
 
     store = _synthetic_store(tmp_path / "store", synthetic)
     pool = OnnxSessionPool()
-    auto = build_analyzer("auto", store=store, pool=pool)
-    assert insightface_available(store)
-    assert isinstance(auto, InsightFaceAnalyzer) and auto.models.genderage is not None
+    assert insightface.missing_models(config, store) == []
+    first = insightface.from_config(config, store, pool)
+    assert isinstance(first, InsightFaceAnalyzer) and first.models.genderage is not None
     assert len(pool.loaded()) == 3  # one session per model file
-    again = build_analyzer("insightface", store=store, pool=pool)
+    again = insightface.from_config(config, store, pool)
     assert isinstance(again, InsightFaceAnalyzer)
-    assert again.models.detector.session is auto.models.detector.session and len(pool.loaded()) == 3
-    assert len(auto.detect(photo)) == len(again.detect(photo)) > 0
-    assert auto.params()["backend"] == "insightface"
+    assert again.models.detector.session is first.models.detector.session and len(pool.loaded()) == 3
+    assert len(first.detect(photo)) == len(again.detect(photo)) > 0
+    assert first.params()["backend"] == "insightface"
 
 
 # ---- ONNX runtime ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -17,9 +16,11 @@ import skimage.data
 from onnx import numpy_helper
 from onnx_fixtures import ASTRONAUT_BOX, ASTRONAUT_KPS5, make_arcface, make_inswapper, make_passthrough_inswapper
 
-from portraitforge.errors import BadInputError, ModelUnavailableError
+from portraitforge.config import RefineConfig
+from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
 from portraitforge.models.onnx_runtime import OnnxSessionPool, OnnxSettings
 from portraitforge.models.store import ModelStore
+from portraitforge.pipelines.stage_registry import SWAPPERS
 from portraitforge.refiners.align import align_face, native_crop_size, transform_points
 from portraitforge.refiners.blend import FaceBlender
 from portraitforge.refiners.detect import DLIB_SPACE, DlibFaceAnalyzer
@@ -29,7 +30,6 @@ from portraitforge.refiners.swap_inswapper import (
     InswapperModel,
     InswapperSwapper,
     aligned_mask,
-    build_swapper,
     explode_pixel_boost,
     implode_pixel_boost,
 )
@@ -330,14 +330,25 @@ def test_pasteback_quality_at_least_insightface(
 # ---- factory --------------------------------------------------------------------------------------
 
 
-def test_build_swapper(tmp_path: Path, paths: dict[str, Path], pool: OnnxSessionPool) -> None:
-    landmark = build_swapper(SimpleNamespace(swap_engine="landmark", mask="features", feather=0.1))
-    assert isinstance(landmark, LandmarkSwapper) and landmark.mask_shape == "features"
+def test_swapper_registry_builds(
+    tmp_path: Path, paths: dict[str, Path], pool: OnnxSessionPool, dlib: DlibFaceAnalyzer
+) -> None:
+    config = RefineConfig(swap_engine="landmark", analyzer="dlib", mask="features", feather=0.1)
     empty = ModelStore(root=tmp_path / "empty", offline=True)
+    landmark = SWAPPERS.get("landmark").from_config(config, empty, dlib, LanczosUpscaler(scale=2), pool)
+    assert isinstance(landmark, LandmarkSwapper) and landmark.mask_shape == "features" and landmark.feather == 0.1
+    inswapper = SWAPPERS.get("inswapper")
+    config = RefineConfig(swap_engine="inswapper", swap_order="upscale-swap", pixel_boost=2)
+    assert inswapper.missing_models(config, empty) == ["inswapper_128"]
+    arcface = InsightFaceAnalyzer(
+        models=InsightFaceModels(detector=None, recognizer=_arcface(paths, pool), genderage=None)
+    )
     with pytest.raises(ModelUnavailableError, match="inswapper_128.onnx"):
-        build_swapper(SimpleNamespace(swap_engine="inswapper"), store=empty, pool=pool)
-    with pytest.raises(BadInputError):
-        build_swapper(SimpleNamespace(swap_engine="nope"))
+        inswapper.from_config(config, empty, arcface, LanczosUpscaler(scale=2), pool)
+    with pytest.raises(ParameterError, match="ArcFace"):  # a dlib analyzer cannot feed inswapper
+        inswapper.from_config(config, empty, dlib, LanczosUpscaler(scale=2), pool)
+    with pytest.raises(ParameterError):
+        SWAPPERS.get("nope")
     # The real loading path: the file in a store whose registry pins the synthetic file's hash.
     import hashlib
 
@@ -350,9 +361,9 @@ def test_build_swapper(tmp_path: Path, paths: dict[str, Path], pool: OnnxSession
         INSWAPPER_128.name, INSWAPPER_128.filename, (), hashlib.sha256(data).hexdigest(), len(data), "swap", ""
     )
     store = ModelStore(root=tmp_path / "store", registry=ModelRegistry((spec,)), offline=True)
-    cfg = SimpleNamespace(swap_engine="inswapper", swap_order="upscale-swap", pixel_boost=2)
-    swapper = build_swapper(cfg, store=store, pool=pool, upscaler=LanczosUpscaler(scale=2))
-    assert isinstance(swapper, InswapperSwapper)
+    assert inswapper.missing_models(config, store) == []
+    swapper = inswapper.from_config(config, store, arcface, LanczosUpscaler(scale=2), pool)
+    assert isinstance(swapper, InswapperSwapper) and swapper.embedder is arcface
     assert swapper.params() == {
         "engine": "inswapper",
         "pixel_boost": 2,

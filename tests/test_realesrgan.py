@@ -25,11 +25,11 @@ from portraitforge.models.realesrgan_ncnn import (
     trailing_downscale,
 )
 from portraitforge.models.upscalers import load_upscale_model
+from portraitforge.pipelines.stage_registry import build_upscaler
 from portraitforge.refiners.upscale import (
     LanczosUpscaler,
     NoUpscaler,
     RealESRGANUpscaler,
-    build_upscaler,
     image_to_tensor,
     run_tiled,
     run_tiled_with_backoff,

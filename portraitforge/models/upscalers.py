@@ -7,7 +7,6 @@ anime_6B, realesr-general-x4v3, ...).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from portraitforge.models.realesrgan_ncnn import (
     load_converted_state_dict,
     sha256_file,
 )
-
-MODEL_FILE_SUFFIXES = (".pth", ".safetensors", ".pt", ".ckpt")
+from portraitforge.refiners.upscale import looks_like_model_path
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,6 @@ class UpscaleModel:
 
 def embedded_upscaler_names() -> list[str]:
     return list(EMBEDDED_REALESRGAN)
-
-
-def looks_like_model_path(name: str) -> bool:
-    return name.lower().endswith(MODEL_FILE_SUFFIXES) or os.sep in name or "/" in name
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

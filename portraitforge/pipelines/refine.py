@@ -22,7 +22,7 @@ from portraitforge.embeddings_cache.resolve import assign_by_nearest
 from portraitforge.errors import BadInputError, NoFaceError, ParameterError, PortraitForgeError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.store import ModelStore
-from portraitforge.pipelines.stages import load_analyzer, load_grader, load_mesh_swapper
+from portraitforge.pipelines.stage_registry import build_stages
 from portraitforge.refiners.adjust import FaceAdjuster
 from portraitforge.refiners.align import (
     align_face,
@@ -31,16 +31,13 @@ from portraitforge.refiners.align import (
     transform_points,
     upscale_matrix,
 )
-from portraitforge.refiners.base import FaceAnalyzer, Swapper, Upscaler
-from portraitforge.refiners.blend import FaceBlender
+from portraitforge.refiners.base import Blender, FaceAnalyzer, Swapper, Upscaler
 from portraitforge.refiners.detail import DetailKeeper
 from portraitforge.refiners.detect import DlibFaceAnalyzer, select_faces
 from portraitforge.refiners.grade import IdentityGrader, reference_face
 from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_mask_to_frame
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
-from portraitforge.refiners.swap import LandmarkSwapper
-from portraitforge.refiners.swap_inswapper import ARCFACE_SPACE, build_swapper
-from portraitforge.refiners.upscale import NoUpscaler, build_upscaler, upscale_frame
+from portraitforge.refiners.upscale import NoUpscaler, upscale_frame
 from portraitforge.types import (
     Face,
     FaceQuality,
@@ -79,7 +76,7 @@ class RefinePipeline:
     swapper: Swapper
     upscaler: Upscaler
     adjuster: FaceAdjuster
-    blender: FaceBlender
+    blender: Blender
     config: RefineConfig = field(default_factory=RefineConfig)
     frame_upscaler: Upscaler = field(default_factory=NoUpscaler)  # whole-frame enlargement (output > input)
     onnx_pool: OnnxSessionPool | None = None  # shared ONNX sessions (insightface/inswapper), reused by with_config
@@ -97,41 +94,27 @@ class RefinePipeline:
         model_store: ModelStore | None = None,
         onnx_pool: OnnxSessionPool | None = None,
     ) -> RefinePipeline:
-        """Build every stage from a config; this is the one place models are loaded.
+        """Build every stage from a config through the stage registries (`pipelines/stage_registry.py`): the one
+        place models are loaded. A missing model file fails here, in one line, before any model is loaded.
 
         Pass `analyzer` (and `onnx_pool`) to share loaded models between pipelines.
         """
         cfg = config or RefineConfig()
-        upscaler = build_upscaler(cfg.upscaler)
         store = model_store if model_store is not None else ModelStore.from_dir(cfg.models_dir)
         pool = onnx_pool if onnx_pool is not None else OnnxSessionPool()
-        if analyzer is None:
-            analyzer = load_analyzer(cfg, store, pool)
-        if cfg.swap_engine == "mesh":
-            if getattr(analyzer, "mesh", None) is None:
-                raise ParameterError("the mesh swap engine needs the mesh analyzer (analyzer: mesh)")
-            swapper: Swapper = load_mesh_swapper(cfg, store)
-        elif cfg.swap_engine == "inswapper":
-            if analyzer.embedding_space != ARCFACE_SPACE:
-                raise ParameterError("the inswapper engine needs an ArcFace analyzer (analyzer: insightface)")
-            # The inswapper stage applies the upscaler itself, in its measured order (see swap_order).
-            swapper = build_swapper(cfg, store, pool, upscaler=upscaler, embedder=analyzer)
-        else:
-            if analyzer.embedding_space == ARCFACE_SPACE:
-                raise ParameterError("the landmark swap engine needs the dlib analyzer (68 landmarks)")
-            swapper = LandmarkSwapper(mask_shape=cfg.mask, feather=cfg.feather, color_transfer=cfg.color_transfer)
+        stages = build_stages(cfg, store, pool, analyzer=analyzer)
         return cls(
-            analyzer=analyzer,
-            swapper=swapper,
-            upscaler=upscaler,
+            analyzer=stages.analyzer,
+            swapper=stages.swapper,
+            upscaler=stages.upscaler,
             adjuster=FaceAdjuster(
                 smoothing=cfg.smoothing, brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation
             ),
-            blender=FaceBlender(mode=cfg.blend, interpolation="cubic"),
+            blender=stages.blender,
             config=cfg,
-            frame_upscaler=upscaler if cfg.frame_upscaler == cfg.upscaler else build_upscaler(cfg.frame_upscaler),
+            frame_upscaler=stages.frame_upscaler,
             onnx_pool=pool,
-            grader=load_grader(cfg, store, analyzer),
+            grader=stages.grader,
             detail=DetailKeeper() if cfg.keep_detail else None,
         )
 

@@ -22,7 +22,6 @@ from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import ARCFACE_W600K_R50, GENDERAGE, SCRFD_10G
 from portraitforge.models.store import ModelStore
-from portraitforge.refiners.base import FaceAnalyzer
 from portraitforge.refiners.detect import box_iou, order_faces
 from portraitforge.types import Face, FloatArray, ImageRGB
 
@@ -332,39 +331,3 @@ def select_by_gender(
     if gender is None:
         return list(faces)
     return [f for f in faces if analyzer.gender_age(image, f).gender == gender]
-
-
-# ---- backend choice -----------------------------------------------------------------------------
-
-AnalyzerBackend = Literal["auto", "dlib", "insightface"]
-
-
-def insightface_available(store: ModelStore) -> bool:
-    """True when insightface imports and its detector and recognizer files are in the store (no hashing)."""
-    try:
-        import insightface  # noqa: F401
-    except ImportError:
-        return False
-    return store.has(SCRFD_10G.name) and store.has(ARCFACE_W600K_R50.name)
-
-
-def build_analyzer(
-    backend: str,
-    store: ModelStore | None = None,
-    pool: OnnxSessionPool | None = None,
-    detect_max_side: int = 800,
-    **insightface_kwargs: Any,
-) -> FaceAnalyzer:
-    """ "dlib" (embedded default), "insightface", or "auto": insightface when its files are in the store."""
-    from portraitforge.refiners.detect import DlibFaceAnalyzer
-
-    store = store if store is not None else ModelStore.from_dir()
-    if backend == "auto":
-        backend = "insightface" if insightface_available(store) else "dlib"
-    if backend == "dlib":
-        return DlibFaceAnalyzer.load(detect_max_side=detect_max_side)
-    if backend == "insightface":
-        return InsightFaceAnalyzer.load(
-            store=store, pool=pool if pool is not None else OnnxSessionPool(), **insightface_kwargs
-        )
-    raise BadInputError(f"unknown analyzer backend '{backend}' (choose auto, dlib or insightface)")

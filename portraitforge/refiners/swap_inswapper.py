@@ -279,38 +279,3 @@ class InswapperSwapper:
         image = np.where((mask > 0)[..., None], warped, crop.image)
         source_scale = 1.0 / matrix_scale(crop_to_aligned)  # model output px -> crop px
         return SwapOutput(image=image, mask=mask, landmarks68=target_face.landmarks68, source_scale=source_scale)
-
-
-def build_swapper(
-    cfg: Any,
-    store: ModelStore | None = None,
-    pool: OnnxSessionPool | None = None,
-    upscaler: Upscaler | None = None,
-    embedder: Any | None = None,
-) -> Any:
-    """Swapper from a RefineConfig: `swap_engine` "landmark" (embedded) or "inswapper".
-
-    Reads optional config fields with defaults so it works before/after they exist:
-    `swap_engine`, `swap_order`, `pixel_boost`, `mask`, `feather`, `color_transfer`.
-    """
-    engine = getattr(cfg, "swap_engine", "landmark")
-    if engine == "landmark":
-        from portraitforge.refiners.swap import LandmarkSwapper
-
-        return LandmarkSwapper(
-            mask_shape=getattr(cfg, "mask", "hull"),
-            feather=getattr(cfg, "feather", 0.06),
-            color_transfer=getattr(cfg, "color_transfer", True),
-        )
-    if engine == "inswapper":
-        model = InswapperModel.load(
-            store if store is not None else ModelStore.from_dir(), pool if pool is not None else OnnxSessionPool()
-        )
-        return InswapperSwapper(
-            model=model,
-            pixel_boost=int(getattr(cfg, "pixel_boost", 0)),
-            swap_order=getattr(cfg, "swap_order", DEFAULT_SWAP_ORDER),
-            upscaler=upscaler,
-            embedder=embedder,
-        )
-    raise BadInputError(f"unknown swap engine '{engine}' (landmark or inswapper)")

@@ -9,6 +9,7 @@ On out-of-memory the tile size is halved and the image is run again.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 
 TensorFn = Callable[["torch.Tensor"], "torch.Tensor"]
 MIN_TILE = 32
+MODEL_FILE_SUFFIXES = (".pth", ".safetensors", ".pt", ".ckpt")
+
+
+def looks_like_model_path(name: str) -> bool:
+    """An upscaler name that is a path to a user's model file rather than a registered name."""
+    return name.lower().endswith(MODEL_FILE_SUFFIXES) or os.sep in name or "/" in name
 
 
 @dataclass
@@ -273,19 +280,3 @@ def upscale_frame(upscaler: Upscaler, image: ImageRGB, max_output_pixels: int | 
             f"above the {max_output_pixels} pixel limit"
         )
     return upscaler(image)
-
-
-def available_upscalers() -> list[str]:
-    from portraitforge.models.upscalers import embedded_upscaler_names
-
-    return ["none", "lanczos", *embedded_upscaler_names()]
-
-
-def build_upscaler(name: str) -> Upscaler:
-    """Upscaler by name: none, lanczos, an embedded Real-ESRGAN, or a path to a spandrel-loadable model file."""
-    if name == "none":
-        return NoUpscaler()
-    if name == "lanczos":
-        return LanczosUpscaler(scale=2)
-    # Unknown names raise BadInputError listing these; missing files raise ModelUnavailableError.
-    return RealESRGANUpscaler.from_pretrained(name)
