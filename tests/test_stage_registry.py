@@ -330,6 +330,15 @@ def test_cli_swap_with_an_empty_model_store_exits_5_in_one_line(
     assert not out.exists()
 
 
+def test_a_shared_analyzer_must_fit_the_engine(full: ModelStore, dlib: DlibFaceAnalyzer) -> None:
+    with pytest.raises(ParameterError, match="468-point mesh"):
+        RefinePipeline.from_config(RefineConfig(**FAST), analyzer=dlib, model_store=full)
+    with pytest.raises(ParameterError, match="ArcFace"):
+        RefinePipeline.from_config(RefineConfig(swap_engine="inswapper", **FAST), analyzer=dlib, model_store=full)
+    pipe = RefinePipeline.from_config(RefineConfig(swap_engine="landmark", **FAST), analyzer=dlib, model_store=full)
+    assert pipe.analyzer is dlib and pipe.swapper.name == "landmark"
+
+
 # ---- identity add builds its analyzers through the registries -----------------------------------------------------
 
 

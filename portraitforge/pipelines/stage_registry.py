@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
+from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError, PortraitForgeError
 from portraitforge.models.registry import (
     ARCFACE_W600K_R50,
     BISENETV2_FACE_PARSING,
@@ -499,8 +499,8 @@ def build_stages(
 
 def identity_analyzers(
     models: ModelStore,
-    arcface: Literal["auto", "on", "off"] = "auto",
-    descriptor_backend: Literal["auto", "dlib", "torch"] = "auto",
+    arcface: str = "auto",
+    descriptor_backend: str = "auto",
     pool: OnnxSessionPool | None = None,
 ) -> list[FaceAnalyzer]:
     """The analyzers `identity add`/`verify` embed photos with, built as a swap builds them: the default engine's
@@ -508,12 +508,17 @@ def identity_analyzers(
     (`arcface`: auto adds it when its files are in the store, on requires it, off never). Nothing is downloaded."""
     from portraitforge.config import RefineConfig
 
-    config = RefineConfig(descriptor_backend=descriptor_backend)
+    if arcface not in ("auto", "on", "off"):
+        raise ParameterError("arcface must be auto, on or off")
+    config = RefineConfig.validated({"descriptor_backend": descriptor_backend})
     dlib = _dlib(config)
     mesh = ANALYZERS.get("mesh")
     first: FaceAnalyzer = dlib
     if not mesh.missing_models(config, models):
-        first = mesh_analyzer(config, models, dlib)
+        try:
+            first = mesh_analyzer(config, models, dlib)
+        except PortraitForgeError:  # a damaged mesh file: dlib alone still makes a usable identity
+            first = dlib
     analyzers = [first]
     # The grader detects identity photos' faces with dlib (as the store has always recorded them).
     grader = GRADERS.resolve(config, models).from_config(config, models, dlib)
