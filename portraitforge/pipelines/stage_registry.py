@@ -307,7 +307,7 @@ UPSCALERS: Registry[UpscalerSpec] = Registry(
         UPSCALER_FILE: UpscalerSpec(
             name=UPSCALER_FILE,
             summary="a path to a spandrel-loadable .pth/.safetensors",
-            named=False,
+            pattern=looks_like_model_path,
             build=_spandrel_upscaler,
             file_needs=lambda n: (ModelNeed(n, where="file"),),
         ),
@@ -317,12 +317,7 @@ UPSCALERS: Registry[UpscalerSpec] = Registry(
 
 def upscaler_spec(name: str) -> UpscalerSpec:
     """The entry for an upscaler name: a registered one, or `file` for a path."""
-    if name in UPSCALERS.entries and name != UPSCALER_FILE:
-        return UPSCALERS.entries[name]
-    if looks_like_model_path(name):
-        return UPSCALERS.entries[UPSCALER_FILE]
-    choices = ", ".join(UPSCALERS.names())
-    raise ParameterError(f"unknown upscaler '{name}' (available: {choices}, or a path to a .pth/.safetensors model)")
+    return UPSCALERS.get(name)
 
 
 def build_upscaler(name: str) -> Upscaler:

@@ -109,7 +109,12 @@ class StageSpec:
     name: str
     summary: str
     needs: NeedsFn = field(default=_no_models, repr=False)
-    named: bool = True  # False: the entry stands for a pattern (a file path), not a name a user types
+    # For an entry that stands for a pattern rather than a name (a path to a model file): which names it takes.
+    pattern: Callable[[str], bool] | None = field(default=None, repr=False)
+
+    @property
+    def named(self) -> bool:
+        return self.pattern is None
 
     def model_needs(self, config: RefineConfig, models: ModelStore) -> tuple[ModelNeed, ...]:
         return self.needs(config, models)
@@ -252,10 +257,15 @@ class Registry(Generic[SpecT]):
         return iter(self.entries.values())
 
     def get(self, name: str) -> SpecT:
-        try:
-            return self.entries[name]
-        except KeyError:
-            raise ParameterError(f"unknown {self.kind} '{name}' (choose {', '.join(self.choices())})") from None
+        """The entry called `name`, or the pattern entry that takes it (e.g. an upscaler file's path)."""
+        spec = self.entries.get(name)
+        if spec is not None and spec.named:
+            return spec
+        for spec in self:
+            if spec.pattern is not None and spec.pattern(name):
+                return spec
+        patterns = "".join(f", or {spec.summary}" for spec in self if not spec.named)
+        raise ParameterError(f"unknown {self.kind} '{name}' (choose {', '.join(self.choices())}{patterns})")
 
     def resolve_name(self, config: RefineConfig, models: ModelStore | None = None) -> str:
         """The name the config's field picks, `auto` resolved by this kind's one rule."""
