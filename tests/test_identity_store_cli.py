@@ -21,7 +21,8 @@ from portraitforge.embeddings_cache.resolve import (
     resolve_face_mapping,
     resolve_identity,
 )
-from portraitforge.embeddings_cache.store import IdentityStore, seal
+from portraitforge.embeddings_cache.records import seal
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import BadInputError
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 
