@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from portraitforge.cli_common import exit_code_for
 from portraitforge.embeddings_cache.records import ConsentRecord
 from portraitforge.embeddings_cache.store import IdentityRecord, IdentityStore
 from portraitforge.errors import ModelUnavailableError, PortraitForgeError
@@ -51,7 +52,7 @@ def cli_errors() -> Iterator[None]:
         raise
     except PortraitForgeError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(EXIT_CODES[exc.status]) from None
+        raise typer.Exit(exit_code_for(exc)) from None  # ParameterError (bad option value) is a usage error
     except BrokenPipeError:  # `| head` closed the pipe: click exits quietly (1)
         raise
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from portraitforge.errors import BadInputError
+from portraitforge.errors import BadInputError, ParameterError
 
 FORMAT = "portraitforge-identity"
 FORMAT_VERSION = 1
@@ -140,11 +140,11 @@ def parse_day(text: str) -> date:
 
 
 def parse_scope(text: str) -> list[Purpose]:
-    """`"swap,generate"` -> ["swap", "generate"]; BadInputError names an unknown purpose."""
+    """`"swap,generate"` -> ["swap", "generate"]; ParameterError (a usage error) names an unknown purpose."""
     items = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in items if p not in PURPOSES]
     if unknown or not items:
-        raise BadInputError(f"consent scope '{text}': use a comma-separated list of {', '.join(PURPOSES)}")
+        raise ParameterError(f"consent scope '{text}': use a comma-separated list of {', '.join(PURPOSES)}")
     return [cast(Purpose, p) for p in items]
 
 
@@ -156,17 +156,17 @@ def make_consent(
     recorded_by: str | None = None,
     recorded_at: str = "",
 ) -> ConsentRecord | None:
-    """A consent record from CLI/API values (None without `text`); bad values are one-line BadInputErrors."""
+    """A consent record from CLI/API values (None without `text`); bad values are one-line ParameterErrors."""
     if not text:
         if by is not None or scope is not None or until is not None:
-            raise BadInputError("--consent-by, --consent-scope and --consent-until need --consent TEXT")
+            raise ParameterError("--consent-by, --consent-scope and --consent-until need --consent TEXT")
         return None
     purposes = parse_scope(scope) if isinstance(scope, str) else None if scope is None else parse_scope(",".join(scope))
     if until is not None:
         try:
             parse_day(until)
         except ValueError as exc:
-            raise BadInputError(f"consent expiry: {exc}") from None
+            raise ParameterError(f"consent expiry: {exc}") from None
     return ConsentRecord(
         text=text,
         recorded_at=recorded_at,
