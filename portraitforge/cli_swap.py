@@ -151,7 +151,8 @@ def _resolve(spec: str, pipe: RefinePipeline, store: IdentityStore, require_cons
         names = [n.strip() for n in spec.removeprefix("nearest:").split(",") if n.strip()]
         if not names:
             raise ParameterError("--identity nearest: needs at least one identity, e.g. nearest:alice,bob")
-        return [resolve_identity(n, pipe.analyzer, **common) for n in names]
+        loaded = {n: resolve_identity(n, pipe.analyzer, **common) for n in dict.fromkeys(names)}  # one use each
+        return [loaded[n] for n in names]
     if is_face_mapping(spec):
         return resolve_face_mapping(spec, pipe.analyzer, **common)
     return resolve_identity(spec, pipe.analyzer, **common)
