@@ -140,8 +140,10 @@ ExistPolicy = Literal["error", "replace", "append"]
 class IdentityStore:
     """Identities on disk. `store = IdentityStore(path)`, `store.add(name, photos)`, `store.get(name)`.
 
-    `require_consent=True` makes `get` refuse identities without a consent record. Loaded dlib models are
-    kept on the instance (never module-level) so a notebook can call `add` repeatedly cheaply.
+    `get` is the one way a stored identity is used: it audits the use with its purpose (the store's `purpose`
+    unless the call gives one) and, with `require_consent=True`, refuses a missing, expired or out-of-scope
+    consent. Loaded dlib models are kept on the instance (never module-level) so a notebook can call `add`
+    repeatedly cheaply.
     """
 
     def __init__(
@@ -630,7 +632,8 @@ class IdentityStore:
     def audit(
         self, identity: str | Identity, operation: str, output_path: str | os.PathLike[str] | None = None
     ) -> AuditEntry:
-        """Append one line to the audit log: time, identity, operation, output file and its sha256."""
+        """Append one line to the audit log: time, identity, operation, output file and its sha256. Uses of a
+        stored identity are audited by `get` already; this is for other events (e.g. an output to record)."""
         name = identity if isinstance(identity, str) else identity.name
         digest: str | None = None
         if self.exists(name):
