@@ -16,8 +16,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from portraitforge.cli_common import exit_code_for
-from portraitforge.embeddings_cache.records import ConsentRecord
-from portraitforge.embeddings_cache.store import IdentityRecord, IdentityStore
+from portraitforge.embeddings_cache.records import ConsentRecord, IdentityRecord
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import ModelUnavailableError, PortraitForgeError
 from portraitforge.imageio import list_images
 from portraitforge.refiners.base import FaceAnalyzer
