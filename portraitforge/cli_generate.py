@@ -226,7 +226,8 @@ def generate(
                 identity,
                 require_face,
             )
-            store = IdentityStore(store_dir, require_consent=require_consent)
+            # The store audits the stored identity's use (purpose "generate") and enforces --require-consent.
+            store = IdentityStore(store_dir, require_consent=require_consent, purpose="generate")
             resolved = (
                 pipe.load_identity(identity, store=store, require_consent=require_consent)
                 if identity is not None
@@ -239,8 +240,6 @@ def generate(
                 for result in pipe.iter_images(params, resolved, bar):
                     record = _write_result(result, output, refined=resolved is not None)
                     records.append(record)
-                    if resolved is not None and resolved.cache_hit and record["output"]:
-                        store.audit(resolved, "generate", record["output"])
                     written += sorted(
                         {a["draft"] for a in record["attempts"] if a["draft"]} | {record["output"]} - {None}
                     )

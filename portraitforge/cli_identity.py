@@ -15,7 +15,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from portraitforge.embeddings_cache.store import IdentityRecord, IdentityStore
+from portraitforge.cli_common import exit_code_for
+from portraitforge.embeddings_cache.records import ConsentRecord, IdentityRecord
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import ModelUnavailableError, PortraitForgeError
 from portraitforge.imageio import list_images
 from portraitforge.refiners.base import FaceAnalyzer
@@ -24,6 +26,9 @@ from portraitforge.types import EXIT_CODES, EXIT_USAGE, Status
 
 STORE_HELP = "identity store directory (default: $PORTRAITFORGE_HOME/embeddings_cache)"
 ARCFACE_HELP = "also embed with ArcFace: auto (when its model is installed), on (required) or off"
+CONSENT_BY_HELP = "who gave the consent (the person shown, or their agent)"
+CONSENT_SCOPE_HELP = "uses the consent covers, comma-separated: swap,generate,batch,ui,api (default: all)"
+CONSENT_UNTIL_HELP = "last day the consent holds, YYYY-MM-DD (default: no expiry)"
 
 identity_app = typer.Typer(
     name="identity",
@@ -47,7 +52,7 @@ def cli_errors() -> Iterator[None]:
         raise
     except PortraitForgeError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(EXIT_CODES[exc.status]) from None
+        raise typer.Exit(exit_code_for(exc)) from None  # ParameterError (bad option value) is a usage error
     except BrokenPipeError:  # `| head` closed the pipe: click exits quietly (1)
         raise
     except KeyboardInterrupt:
@@ -135,6 +140,9 @@ def add_cmd(
     images: Annotated[list[Path], typer.Argument(help="photos and/or folders of photos of one person")],
     note: Annotated[str | None, typer.Option("--note", help="free text stored with the identity")] = None,
     consent: Annotated[str | None, typer.Option("--consent", help="consent record (who agreed, to what, when)")] = None,
+    consent_by: Annotated[str | None, typer.Option("--consent-by", help=CONSENT_BY_HELP)] = None,
+    consent_scope: Annotated[str | None, typer.Option("--consent-scope", help=CONSENT_SCOPE_HELP)] = None,
+    consent_until: Annotated[str | None, typer.Option("--consent-until", help=CONSENT_UNTIL_HELP)] = None,
     replace: Annotated[bool, typer.Option("--replace", help="replace an existing identity of that name")] = False,
     append: Annotated[bool, typer.Option("--append", help="add these photos to an existing identity")] = False,
     arcface: Annotated[str, typer.Option("--arcface", help=ARCFACE_HELP)] = "auto",
@@ -153,6 +161,9 @@ def add_cmd(
             consent=consent,
             analyzers=load_analyzers(arcface, photos=len(list_images(images))),
             exist="replace" if replace else "append" if append else "error",
+            consent_by=consent_by,
+            consent_scope=consent_scope,
+            consent_until=consent_until,
         )
         if as_json:
             _emit_json(_summary(record))
@@ -203,8 +214,7 @@ def show_cmd(
         typer.echo(f"created: {meta['created']}  updated: {meta['updated']}")
         if meta.get("note"):
             typer.echo(f"note: {meta['note']}")
-        consent = meta.get("consent")
-        typer.echo(f"consent: {consent['text']} ({consent['recorded_at']})" if consent else "consent: none")
+        typer.echo(f"consent: {_consent_line(meta.get('consent'))}")
         for space, s in meta["spaces"].items():
             sha = (s["model"]["sha256"] or "unknown")[:16]
             typer.echo(f"space {space}: {s['model']['name']} sha256 {sha}  threshold {s['threshold']}")
@@ -216,6 +226,19 @@ def show_cmd(
             typer.echo(f"  [{p['index']}] {p['file']}  {mark}  quality {p['quality']:.2f}  dist {dist}{extra}")
             for reason in p["reasons"]:
                 typer.echo(f"      {reason}")
+
+
+def _consent_line(consent: dict[str, Any] | None) -> str:
+    if not consent:
+        return "none"
+    parts = [f"{consent['text']} ({consent['recorded_at']})"]
+    if consent.get("consented_by"):
+        parts.append(f"by {consent['consented_by']}")
+    parts.append(f"for {', '.join(consent['scope'])}" if consent.get("scope") else "for all uses")
+    if consent.get("until"):
+        expired = ConsentRecord.model_validate(consent).expired()
+        parts.append(f"until {consent['until']}" + (" (EXPIRED)" if expired else ""))
+    return "; ".join(parts)
 
 
 @identity_app.command("rm")
@@ -271,13 +294,18 @@ def consent_cmd(
     name: Annotated[str, typer.Argument()],
     text: Annotated[str | None, typer.Argument(help="consent record; omit with --withdraw")] = None,
     withdraw: Annotated[bool, typer.Option("--withdraw", help="remove the consent record")] = False,
+    consent_by: Annotated[str | None, typer.Option("--consent-by", help=CONSENT_BY_HELP)] = None,
+    consent_scope: Annotated[str | None, typer.Option("--consent-scope", help=CONSENT_SCOPE_HELP)] = None,
+    consent_until: Annotated[str | None, typer.Option("--consent-until", help=CONSENT_UNTIL_HELP)] = None,
     store_dir: Annotated[Path | None, typer.Option("--store", help=STORE_HELP)] = None,
 ) -> None:
     """Record or withdraw consent for an identity (needed when consent is required)."""
     with cli_errors():
         if bool(text) == withdraw:
             usage_error("give TEXT or --withdraw")
-        IdentityStore(store_dir).set_consent(name, None if withdraw else text)
+        IdentityStore(store_dir).set_consent(
+            name, None if withdraw else text, by=consent_by, scope=consent_scope, until=consent_until
+        )
         typer.echo(f"consent {'withdrawn' if withdraw else 'recorded'} for '{name}'")
 
 

@@ -18,7 +18,7 @@ from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import list_images
 from portraitforge.paths import default_log_path
-from portraitforge.pipelines.refine import IdentityArg, RefinePipeline, all_identities
+from portraitforge.pipelines.refine import IdentityArg, RefinePipeline
 from portraitforge.pipelines.refine_files import append_log, output_path_for, refine_file
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
@@ -106,7 +106,8 @@ def swap(
             raise BadInputError("two targets would write the same output file (same file name in several folders)")
 
         pipe = RefinePipeline.from_config(cfg)
-        store = IdentityStore(store_dir, require_consent=require_consent)
+        # The store audits each stored identity's use (purpose "swap") and enforces --require-consent itself.
+        store = IdentityStore(store_dir, require_consent=require_consent, purpose="swap")
         t0 = time.perf_counter()
         ident = _resolve(identity, pipe, store, require_consent)
         identity_ms = (time.perf_counter() - t0) * 1e3
@@ -122,10 +123,6 @@ def swap(
             report = refine_file(pipe, target, ident, out_path, jpeg_quality, reference_embedding=reference_vec)
             report.timings_ms = {"identity": identity_ms if target == files[0] else 0.0, **report.timings_ms}
             append_log(log_path, report.to_dict())
-            if report.output_path is not None:
-                for used in all_identities(ident):
-                    if used.cache_hit:  # stored identities carry an audit trail
-                        store.audit(used, "swap", report.output_path)
             if as_json:
                 typer.echo(json.dumps(report.to_dict()))
             elif report.status in (Status.OK, Status.LOW_QUALITY):
@@ -154,7 +151,8 @@ def _resolve(spec: str, pipe: RefinePipeline, store: IdentityStore, require_cons
         names = [n.strip() for n in spec.removeprefix("nearest:").split(",") if n.strip()]
         if not names:
             raise ParameterError("--identity nearest: needs at least one identity, e.g. nearest:alice,bob")
-        return [resolve_identity(n, pipe.analyzer, **common) for n in names]
+        loaded = {n: resolve_identity(n, pipe.analyzer, **common) for n in dict.fromkeys(names)}  # one use each
+        return [loaded[n] for n in names]
     if is_face_mapping(spec):
         return resolve_face_mapping(spec, pipe.analyzer, **common)
     return resolve_identity(spec, pipe.analyzer, **common)

@@ -100,10 +100,12 @@ class UIState:
         pipeline_factory: PipelineFactory | None = None,
         store_dir: str | Path | None = None,
         portrait_factory: PortraitFactory | None = None,
+        require_consent: bool = False,
     ) -> None:
         self.pipeline_factory = pipeline_factory or _default_pipeline_factory
         self.portrait_factory = portrait_factory or _default_portrait_factory
         self.store_dir = store_dir
+        self.require_consent = require_consent  # server-wide: stored identities need consent, uploads are refused
         self.lock = threading.RLock()
         self._bases: dict[str, RefinePipeline] = {}  # resolved analyzer name -> first pipeline built with it
         self._configured: tuple[RefineConfig, RefinePipeline] | None = None
@@ -135,7 +137,8 @@ class UIState:
             if self._store is None:
                 from portraitforge.embeddings_cache.store import IdentityStore
 
-                self._store = IdentityStore(self.store_dir)
+                # The store audits each use of a stored identity (purpose "ui") and enforces consent itself.
+                self._store = IdentityStore(self.store_dir, require_consent=self.require_consent, purpose="ui")
             return self._store
 
     def identity_names(self) -> list[str]:
@@ -151,6 +154,11 @@ class UIState:
             return self.store().get(name, pipe.analyzer)
         if image is None:
             raise BadInputError("no identity: upload an identity photo or choose a stored identity")
+        if self.require_consent:
+            raise BadInputError(
+                "an uploaded identity photo has no consent record and consent is required: "
+                "choose a stored identity with a consent record"
+            )
         rgb, label = _as_rgb(image, "identity photo", max_pixels)
         label = label or "uploaded"
         digest = hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
@@ -370,13 +378,14 @@ def build_app(
     store_dir: str | Path | None = None,
     portrait_factory: PortraitFactory | None = None,
     state: UIState | None = None,
+    require_consent: bool = False,
 ) -> gr.Blocks:
     """The web UI. Nothing is loaded until the first request; `pipeline_factory(cfg)` builds the refine pipeline
     (default `RefinePipeline.from_config`), `store_dir` is the identity store (default under $PORTRAITFORGE_HOME).
     The app's `UIState` is available as `app.portraitforge_state`."""
     import gradio as gr
 
-    ui_state = state or UIState(pipeline_factory, store_dir, portrait_factory)
+    ui_state = state or UIState(pipeline_factory, store_dir, portrait_factory, require_consent=require_consent)
     d = _DEFAULTS
     out_image = _supported(gr.Image, format="png")
     # Uploads reach the handlers as the original files (image_mode=None: gradio does not re-encode them), so

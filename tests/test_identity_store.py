@@ -19,12 +19,8 @@ from identity_store_fixtures import (
 )
 
 from portraitforge.embeddings_cache.audit import file_sha256
-from portraitforge.embeddings_cache.store import (
-    IdentityCorruptedError,
-    IdentityStore,
-    seal,
-    validate_name,
-)
+from portraitforge.embeddings_cache.records import IdentityCorruptedError, seal, validate_name
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import BadInputError, ModelUnavailableError, NoFaceError
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 
@@ -127,7 +123,7 @@ def test_centroid_matches_an_unseen_variant_better_than_a_photo(built, photos, i
 def test_every_other_wheel_face_is_rejected(photos, id_analyzer: DlibFaceAnalyzer, tmp_path: Path) -> None:
     """Each face of another person mixed into the same person's photos is rejected (build_consensus is the
     code store.add runs; photos are analysed once here to keep the test fast)."""
-    from portraitforge.embeddings_cache.store import SpaceSpec, analyze_photo, build_consensus, model_ref
+    from portraitforge.embeddings_cache.consensus import SpaceSpec, analyze_photo, build_consensus, model_ref
     from portraitforge.imageio import load_image
 
     def analysed(path: Path):
@@ -256,7 +252,7 @@ def test_lifecycle_rename_remove_case_clash_and_append(photos, id_analyzer: Dlib
         store.remove("hanks")
     assert [r.name for r in store.verify()] == []
     ops = [e["operation"] for e in store.audit_log.read()]
-    assert ops == ["add", "add", "rename from Hanks", "remove"]
+    assert ops == ["add", "add", "rename from Hanks", "api", "remove"]  # `get` is a use: audited, purpose "api"
 
 
 def test_export_import_round_trip_and_validation(built, tmp_path: Path) -> None:
@@ -377,7 +373,9 @@ def test_consent_required_and_audit_log(built, photos, tmp_path: Path) -> None:
     assert last["identity"] == "hanks" and last["operation"] == "swap"
     assert last["output"] == str(out.resolve()) and last["output_sha256"] == file_sha256(out)
     assert last["time"] == entry.time and last["identity_digest"] == plain.load("hanks")[0].tensors_digest
-    assert [json.loads(x)["operation"] for x in lines] == ["import", "consent-withdrawn", "consent", "swap"]
+    # Each `get` above is a use (purpose "api"), the refused one included.
+    ops = ["import", "consent-withdrawn", "api", "api", "consent", "api", "swap"]
+    assert [json.loads(x)["operation"] for x in lines] == ops
     with pytest.raises(BadInputError, match="does not exist"):
         plain.audit("hanks", "swap", tmp_path / "missing.png")
 

@@ -14,6 +14,7 @@ from identity_store_fixtures import REPO, CountingAnalyzer, hanks_variants, no_f
 from typer.testing import CliRunner
 
 from portraitforge import cli_identity
+from portraitforge.embeddings_cache.records import seal
 from portraitforge.embeddings_cache.resolve import (
     assign_by_nearest,
     is_face_mapping,
@@ -21,7 +22,7 @@ from portraitforge.embeddings_cache.resolve import (
     resolve_face_mapping,
     resolve_identity,
 )
-from portraitforge.embeddings_cache.store import IdentityStore, seal
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import BadInputError
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 

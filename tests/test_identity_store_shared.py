@@ -12,13 +12,8 @@ import pytest
 from identity_store_fixtures import CountingAnalyzer, shared_photos
 
 from portraitforge.embeddings_cache.audit import file_sha256
-from portraitforge.embeddings_cache.store import (
-    IdentityStore,
-    PhotoData,
-    SpaceSpec,
-    analyze_photo,
-    build_consensus,
-)
+from portraitforge.embeddings_cache.consensus import PhotoData, SpaceSpec, analyze_photo, build_consensus
+from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.imageio import load_image
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 

@@ -139,6 +139,9 @@ class BatchSpec(_Strict):
     prompts: PromptSpec | None = None
     identities: list[IdentitySpec] = Field(min_length=1)
     identity_store: str | None = Field(None, description="identity library folder (default: portraitforge home)")
+    require_consent: bool = Field(
+        False, description="refuse identities without a consent that covers batch use (image identities too)"
+    )
     seeds: list[int] | SeedRange | None = None
     model: ModelSpec | None = None
     drafts: DraftsSpec | None = None

@@ -22,7 +22,7 @@ import numpy as np
 from portraitforge.batch.spec import BatchItem, IdentityRef, LoadedSpec
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.resolve import resolve_identity
-from portraitforge.errors import PortraitForgeError
+from portraitforge.errors import BadInputError, PortraitForgeError
 from portraitforge.imageio import OUTPUT_FORMATS, encode_image, load_image
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.types import Identity, ImageRGB, RefineReport, RefineResult, Status
@@ -40,6 +40,7 @@ class WorkerConfig:
     no_face_retries: int = 2
     keep_draft_without_face: bool = False
     store_dir: str | None = None
+    require_consent: bool = False
     model_source: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -64,6 +65,7 @@ class WorkerConfig:
             no_face_retries=spec.no_face.retries,
             keep_draft_without_face=spec.no_face.on_exhausted == "keep_draft",
             store_dir=str(store) if store else None,
+            require_consent=spec.require_consent,
             model_source=source,
             device=spec.model.device if spec.model else "auto",
             dtype=spec.model.dtype if spec.model else "auto",
@@ -115,6 +117,7 @@ class BatchWorker:
     generator: Any | None = None  # PortraitPipeline in generate mode
     name: str = ""
     identities: dict[str, Identity] = field(default_factory=dict)
+    refused: dict[str, PortraitForgeError] = field(default_factory=dict)  # label -> why its identity is refused
     refiners: dict[str, RefinePipeline] = field(default_factory=dict)
 
     @classmethod
@@ -134,15 +137,25 @@ class BatchWorker:
     # ------------------------------------------------------------------------------ helpers
 
     def _identity(self, ref: IdentityRef) -> Identity:
+        """Loaded once per worker: the store writes one audit line (purpose "batch") and enforces consent; a
+        refusal is kept too, so each later item fails with the same line instead of asking again."""
+        if ref.label in self.refused:
+            raise self.refused[ref.label]
         if ref.label not in self.identities:
             spec = ref.image_path if ref.image_path is not None else str(ref.store_name)
             grader = getattr(self.refiner, "grader", None)
-            self.identities[ref.label] = resolve_identity(
-                spec,
-                self.refiner.analyzer,
-                store_dir=self.config.store_dir,
-                graders=[] if grader is None else [grader],
-            )
+            try:
+                self.identities[ref.label] = resolve_identity(
+                    spec,
+                    self.refiner.analyzer,
+                    store_dir=self.config.store_dir,
+                    graders=[] if grader is None else [grader],
+                    require_consent=self.config.require_consent,
+                    purpose="batch",
+                )
+            except BadInputError as exc:
+                self.refused[ref.label] = exc
+                raise
         return self.identities[ref.label]
 
     def _refiner_for(self, refine: dict[str, Any]) -> RefinePipeline:

@@ -1,4 +1,9 @@
-"""Append-only audit log of identity use: one JSON line per use (time, identity, operation, output + sha256)."""
+"""Append-only audit log of identity use: one JSON line per use (time, identity, operation, output + sha256).
+
+A use of a stored identity (`IdentityStore.get`) is one line whose `operation` and `purpose` are the purpose
+(swap, generate, batch, ui, api), with the consent status at that moment; a refused use is a line too, with
+`refused` saying why. Store changes (add, import, consent, ...) are lines without a purpose.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,9 @@ class AuditEntry:
     identity_digest: str | None  # which stored version of the identity was used
     user: str | None
     pid: int
+    purpose: str | None = None  # set on uses of a stored identity (IdentityStore.get)
+    consent: str | None = None  # "ok", or why the consent does not cover this use ("no consent record", ...)
+    refused: str | None = None  # why the use was refused (consent required but not given)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +77,10 @@ class AuditLog:
         operation: str,
         output_path: str | os.PathLike[str] | None = None,
         identity_digest: str | None = None,
+        *,
+        purpose: str | None = None,
+        consent: str | None = None,
+        refused: str | None = None,
     ) -> AuditEntry:
         output_sha: str | None = None
         if output_path is not None:
@@ -85,6 +97,9 @@ class AuditLog:
             identity_digest=identity_digest,
             user=current_user(),
             pid=os.getpid(),
+            purpose=purpose,
+            consent=consent,
+            refused=refused,
         )
         line = json.dumps(entry.to_dict(), sort_keys=True, ensure_ascii=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)

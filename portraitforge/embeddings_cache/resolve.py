@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from portraitforge.embeddings_cache.identity import identity_from_image
-from portraitforge.embeddings_cache.store import IdentityStore, OnStale, validate_name
+from portraitforge.embeddings_cache.records import Purpose, validate_name
+from portraitforge.embeddings_cache.store import IdentityStore, OnStale
 from portraitforge.errors import BadInputError
 from portraitforge.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from portraitforge.refiners.base import FaceAnalyzer
@@ -33,19 +34,22 @@ def resolve_identity(
     require_consent: bool = False,
     on_stale: OnStale = "error",
     graders: Sequence[FaceAnalyzer] = (),
+    purpose: Purpose | None = None,
 ) -> Identity:
     """`spec` is an image file path (built now, `cache_hit=False`), or the name of an identity in the store
     (loaded with no embedding, `cache_hit=True`). An existing file wins over a stored name.
 
-    `require_consent=True` refuses image-path identities (they carry no consent record) and stored
-    identities without one. `store` overrides `store_dir` (pass one to reuse its model hash memo).
+    `require_consent=True` (or a store created with it) refuses image-path identities (they carry no consent
+    record) and stored identities whose consent is missing, expired or does not cover `purpose`. A stored
+    identity is loaded through `IdentityStore.get`, which writes the audit line of this use (`purpose`
+    defaults to the store's). `store` overrides `store_dir` (pass one to reuse its model hash memo).
     """
     spec = str(spec)
     if not spec:
         raise BadInputError("identity is empty: give an image path or a stored identity name")
     path = Path(spec)
     if path.exists():
-        if require_consent:
+        if require_consent or (store is not None and store.require_consent):
             raise BadInputError(
                 f"identity image {path} has no consent record and consent is required "
                 f"(register it with: portraitforge identity add NAME {path} --consent TEXT)"
@@ -59,7 +63,14 @@ def resolve_identity(
     except BadInputError:
         is_name = False
     if is_name and store.exists(spec):
-        return store.get(spec, analyzer, require_consent=require_consent, on_stale=on_stale, graders=graders)
+        return store.get(
+            spec,
+            analyzer,
+            purpose=purpose,
+            require_consent=require_consent or store.require_consent,
+            on_stale=on_stale,
+            graders=graders,
+        )
     known = store.names()
     shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "") if known else "none"
     if _looks_like_path(spec):
@@ -106,6 +117,7 @@ def resolve_face_mapping(
     require_consent: bool = False,
     on_stale: OnStale = "error",
     graders: Sequence[FaceAnalyzer] = (),
+    purpose: Purpose | None = None,
 ) -> dict[int, Identity]:
     """Parse (if needed) and resolve every identity of a per-face mapping; a repeated name is loaded once."""
     mapping = parse_face_mapping(spec) if isinstance(spec, str) else dict(spec)
@@ -122,6 +134,7 @@ def resolve_face_mapping(
                 require_consent=require_consent,
                 on_stale=on_stale,
                 graders=graders,
+                purpose=purpose,
             )
         out[index] = loaded[value]
     return out
