@@ -65,3 +65,15 @@ def test_no_identity_hair_on_the_target_face(figures: PairFigures) -> None:
 def test_identity_transfer_floors(figures: PairFigures) -> None:
     assert figures.grader_rate >= 0.95
     assert figures.dlib_rate >= 0.95
+
+
+def test_identity_transfer_against_held_out_photos(figures: PairFigures) -> None:
+    """Same pass rule, judged against the identity's other photos. Measured (2026-12-03, default mesh engine with
+    the parser): 60/72 by MobileFaceNet and 60/72 by dlib. The floors sit two pairs below, to catch a regression
+    without failing on the last digit of a float. Eight of the 72 pairs have person_c as the identity, whose two
+    photos are 0.61 apart by dlib (above its 0.6 rule) and 0.53 by MobileFaceNet: that reference is hard even
+    for her own photo, so these figures cannot reach 72/72."""
+    assert sum(p.grader_heldout_pass for p in figures.pairs) >= 58
+    assert sum(p.dlib_heldout_pass for p in figures.pairs) >= 58
+    # A held-out photo is a harder reference than the photo whose pixels were warped in, never an easier one.
+    assert figures.grader_heldout_rate <= figures.grader_rate and figures.dlib_heldout_rate <= figures.dlib_rate
