@@ -27,7 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # photo helpers shared with the tests
 
-from identity_store_fixtures import hanks_variants, shared_photos  # noqa: E402
+from identity_store_fixtures import hanks_variants  # noqa: E402
+from shared_data import shared_photos  # noqa: E402
 
 from portraitforge.embeddings_cache.identity import identity_from_image  # noqa: E402
 from portraitforge.embeddings_cache.store import IdentityStore  # noqa: E402

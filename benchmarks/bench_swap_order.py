@@ -39,6 +39,7 @@ import skimage.data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from onnx_fixtures import make_inswapper, make_passthrough_inswapper  # noqa: E402
+from shared_data import faces_folder  # noqa: E402
 
 from portraitforge.models.onnx_runtime import OnnxSessionPool  # noqa: E402
 from portraitforge.pipelines.stage_registry import build_upscaler  # noqa: E402
@@ -49,7 +50,7 @@ from portraitforge.refiners.swap_inswapper import InswapperModel, InswapperSwapp
 from portraitforge.refiners.upscale import LanczosUpscaler  # noqa: E402
 from portraitforge.types import Identity  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
+SHARED = faces_folder().path  # $PORTRAITFORGE_FACES or ../shared/faces
 
 
 def _sharpness(image: np.ndarray, region: np.ndarray) -> float:

@@ -16,17 +16,17 @@ import cv2
 import numpy as np
 import yaml
 from PIL import Image
+from shared_data import faces_folder
 
 from portraitforge.imageio import load_image, save_image
 from portraitforge.samples import astronaut, insightface_image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FACES = REPO.parent / "shared" / "faces"
 PORTRAITFORGE = Path(sys.executable).with_name("portraitforge")
 
 
 def shared_faces() -> Path | None:
-    return SHARED_FACES if (SHARED_FACES / "identities.csv").is_file() else None
+    return faces_folder().get()
 
 
 def _resize_max(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -115,9 +115,11 @@ def build_tiny_model(folder: Path) -> Path | None:
     return folder / "tiny_sd"
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(PORTRAITFORGE), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env()
+        [str(PORTRAITFORGE), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env(env)
     )
 
 
@@ -127,8 +129,8 @@ def popen_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ) | (extra or {})
     env.setdefault("PORTRAITFORGE_HOME", str(Path(env.get("TMPDIR", "/tmp")) / "portraitforge-test-home"))
     return env
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: real photos from the wheels and ../shared/faces, and the embedded dlib models."""
+"""Shared fixtures: real photos from the wheels and ../shared/faces, and the embedded dlib models.
+
+../shared (labelled photos, model files) is found through tests/shared_data.py: PORTRAITFORGE_FACES and
+PORTRAITFORGE_SHARED_MODELS when set (a missing folder then stops the session), else beside the checkout
+(tests that need a missing folder skip).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import faces_folder, models_folder
 
 from portraitforge.config import RefineConfig
 from portraitforge.imageio import load_image
@@ -19,10 +25,16 @@ from portraitforge.samples import astronaut, insightface_image
 from portraitforge.types import Identity
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FACES = REPO.parent / "shared" / "faces"
-SHARED_MODELS = REPO.parent / "shared" / "models"
 # Small real model files the embedded engines use; never insightface's hundreds of MB.
 SEEDED_PACKS = ("mesh", "parsing", "yunet")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A variable that names a missing shared folder is a broken setup, not a reason to skip: stop here."""
+    for folder in (faces_folder(), models_folder()):
+        message = folder.error()
+        if message is not None:
+            raise pytest.UsageError(message)
 
 
 def seed_models(store: ModelStore, sources: list[Path]) -> None:
@@ -41,7 +53,8 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     user_models = default_models_dir()  # read before the override below
     previous = os.environ.get("PORTRAITFORGE_HOME")
     os.environ["PORTRAITFORGE_HOME"] = str(home)
-    seed_models(ModelStore.from_dir(home / "models"), [user_models, SHARED_MODELS])
+    shared_models = models_folder().get()
+    seed_models(ModelStore.from_dir(home / "models"), [user_models, *([shared_models] if shared_models else [])])
     yield home
     if previous is None:
         os.environ.pop("PORTRAITFORGE_HOME", None)
@@ -51,9 +64,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def shared_faces_dir() -> Path:
-    if not (SHARED_FACES / "identities.csv").is_file():
-        pytest.skip(f"labelled test photos not available at {SHARED_FACES}")
-    return SHARED_FACES
+    return faces_folder().require()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,19 +18,6 @@ from portraitforge.samples import astronaut, insightface_image
 from portraitforge.types import Face, FloatArray, ImageRGB
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FACES = REPO.parent / "shared" / "faces"
-
-
-def shared_photos() -> dict[str, list[Path]] | None:
-    """identity label -> photo paths from ../shared/faces (None when the folder is absent)."""
-    csv_path = SHARED_FACES / "identities.csv"
-    if not csv_path.is_file():
-        return None
-    out: dict[str, list[Path]] = {}
-    with open(csv_path) as handle:
-        for row in csv.DictReader(handle):
-            out.setdefault(row["identity"], []).append(SHARED_FACES / row["file"])
-    return out
 
 
 def tree_hash(root: Path) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import faces_folder
 
 from portraitforge.errors import ModelUnavailableError
 from portraitforge.imageio import load_image
@@ -34,7 +35,6 @@ from portraitforge.types import Face
 
 MAX_ABS_TOL = 1e-4
 EUCLID_TOL = 1e-3
-SHARED_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +179,11 @@ def test_parity_on_wheel_photos(analyzer: DlibFaceAnalyzer, torch_backend: Torch
     assert n_faces >= 5  # astronaut, Tom Hanks and several of t1.jpg's six (HOG misses some)
 
 
-def _shared_photos() -> list[tuple[str, str]]:
-    if not SHARED_FACES.is_dir():
-        pytest.skip(f"shared test faces not present at {SHARED_FACES}")
-    with (SHARED_FACES / "identities.csv").open() as fh:
+def _shared_photos() -> list[tuple[Path, str]]:
+    photos = faces_folder().require()
+    with (photos / "identities.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    return [(r["file"], r["identity"]) for r in rows if r["file"].startswith("person_")]
+    return [(photos / r["file"], r["identity"]) for r in rows if r["file"].startswith("person_")]
 
 
 def test_identity_decisions_unchanged_on_shared_faces(
@@ -193,7 +192,7 @@ def test_identity_decisions_unchanged_on_shared_faces(
     photos = _shared_photos()
     ours, refs, labels = [], [], []
     for file, label in photos:
-        image = load_image(SHARED_FACES / file).rgb
+        image = load_image(file).rgb
         faces = analyzer.detect(image)
         if not faces:
             continue

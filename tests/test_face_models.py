@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import models_folder
 
 from portraitforge.imageio import load_image
 from portraitforge.models.face_parsing import (
@@ -27,7 +28,7 @@ from portraitforge.refiners.align import alignment_matrix, transform_points
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 from portraitforge.types import Face, FloatArray, ImageRGB
 
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+SHARED_MODELS = models_folder().path
 MOBILEFACENET = SHARED_MODELS / "recognition" / "MobileFaceNet.tflite"
 PARSER = SHARED_MODELS / "parsing" / "bisenetv2_celebamaskhq_448x448_integer_quant.tflite"
 HAIR = SHARED_MODELS / "parsing" / "hair_segmentation.tflite"
@@ -37,6 +38,7 @@ BALD = {"person_g"}
 
 
 def _model(path: Path) -> Path:
+    models_folder().require()
     if not path.is_file():
         pytest.skip(f"test model not available at {path}")
     return path

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from identity_store_fixtures import CountingAnalyzer, shared_photos
+from identity_store_fixtures import CountingAnalyzer
+from shared_data import faces_folder, shared_photos
 
 from portraitforge.embeddings_cache.audit import file_sha256
 from portraitforge.embeddings_cache.consensus import PhotoData, SpaceSpec, analyze_photo, build_consensus
@@ -18,7 +19,7 @@ from portraitforge.imageio import load_image
 from portraitforge.refiners.detect import DlibFaceAnalyzer
 
 PHOTOS = shared_photos()
-pytestmark = pytest.mark.skipif(PHOTOS is None, reason="labelled test photos not available at ../shared/faces")
+pytestmark = pytest.mark.skipif(PHOTOS is None, reason=faces_folder().missing_reason)
 
 
 @pytest.fixture(scope="module")

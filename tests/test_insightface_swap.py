@@ -15,6 +15,7 @@ import pytest
 import skimage.data
 from onnx import numpy_helper
 from onnx_fixtures import ASTRONAUT_BOX, ASTRONAUT_KPS5, make_arcface, make_inswapper, make_passthrough_inswapper
+from shared_data import faces_folder
 
 from portraitforge.config import RefineConfig
 from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
@@ -38,7 +39,7 @@ from portraitforge.types import AlignedCrop, Face, Identity
 
 pytest.importorskip("insightface")
 
-SHARED_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
+SHARED_FACES = faces_folder().path  # photos are optional here: the astronaut alone is enough
 
 
 @pytest.fixture(scope="module")

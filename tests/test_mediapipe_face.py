@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import faces_folder, models_folder
 
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.imageio import load_image
@@ -52,9 +53,8 @@ from portraitforge.refiners.detect import DlibFaceAnalyzer
 from portraitforge.samples import insightface_image
 from portraitforge.types import Face, FloatArray, ImageRGB
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MODELS = SHARED / "models"
-FACES = SHARED / "faces"
+MODELS = models_folder().path
+FACES = faces_folder().path
 SHORT = MODELS / "mediapipe" / "face_detection_short_range.tflite"
 FULL = MODELS / "mediapipe" / "face_detection_full_range_sparse.tflite"
 MESH = MODELS / "mediapipe" / "face_landmark.tflite"
@@ -71,13 +71,14 @@ GROUPS = {
 
 
 def _model(path: Path) -> Path:
+    models_folder().require()
     if not path.is_file():
         pytest.skip(f"test model not available at {path}")
     return path
 
 
 def _photos() -> list[Path]:
-    photos = sorted(FACES.glob("person_*.jpg"))
+    photos = sorted(faces_folder().require().glob("person_*.jpg"))
     if len(photos) != 24:
         pytest.skip(f"the 24 labelled test photos are not available at {FACES}")
     return photos
@@ -139,7 +140,7 @@ def t1() -> ImageRGB:
 
 
 def _group(name: str) -> ImageRGB:
-    path = FACES / name
+    path = faces_folder().require() / name
     if not path.is_file():
         pytest.skip(f"group photo not available at {path}")
     return load_image(path).rgb

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from mesh_fixtures import SHARED_MODELS, mesh_model_store  # noqa: F401 - fixture
+from shared_data import models_folder
 from typer.testing import CliRunner
 
 from portraitforge.errors import BadInputError, ModelUnavailableError
@@ -314,8 +315,7 @@ def test_import_dir_matches_by_name_and_by_hash(sources: Sources, tmp_path: Path
 
 
 def test_import_shared_models_gives_a_verified_mesh_pack(tmp_path: Path) -> None:
-    if not SHARED_MODELS.is_dir():
-        pytest.skip(f"real model files not available: {SHARED_MODELS} does not exist")
+    models_folder().require()
     runner = CliRunner()
     models = tmp_path / "m"
     result = runner.invoke(_cli(), ["models", "import", str(SHARED_MODELS), "--json", "--models-dir", str(models)])

@@ -7,6 +7,9 @@ output files (atomically, durably) and then the manifest row, in that order.
 Ctrl-C: the first one stops handing out items and lets running items finish; a second one (or
 SIGTERM) stops at once and rolls running items back to pending. Either way the run ends with
 `interrupted=True` and the CLI exits 130; running the same command again resumes.
+
+Tests crash the driver at an exact point through `batch/faults.py` (`PORTRAITFORGE_FAULT`, read once here at
+run start and passed down).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 from filelock import FileLock, Timeout
 
+from portraitforge.batch.faults import FaultPlan
 from portraitforge.batch.manifest import ItemOutcome, Manifest, Summary
 from portraitforge.batch.spec import BatchItem, LoadedSpec, expand
 from portraitforge.batch.worker import BatchWorker, ItemResult, WorkerConfig, WorkerStartupError
@@ -319,6 +324,7 @@ def run_batch(
 ) -> RunResult:
     """Resume (or start) the batch described by `loaded`. Safe to kill at any instant."""
     options = options or RunOptions()
+    faults = FaultPlan.from_env()  # before the lock: a bad value changes nothing on disk
     started = time.perf_counter()
     items = expand(loaded)
     by_id = {it.id: it for it in items}
@@ -337,7 +343,7 @@ def run_batch(
         if todo:
             threads = options.torch_threads or default_torch_threads(options)
             config = WorkerConfig.from_spec(loaded, torch_threads=threads)
-            processed, interrupted = _drive(manifest, output_dir, by_id, todo, config, options, on_result)
+            processed, interrupted = _drive(manifest, output_dir, by_id, todo, config, options, on_result, faults)
         review_index = None
         if options.review and not interrupted:
             from portraitforge.batch.review import write_review
@@ -364,10 +370,12 @@ def _drive(
     config: WorkerConfig,
     options: RunOptions,
     on_result: Callable[[BatchItem, ItemResult], None] | None,
+    faults: FaultPlan,
 ) -> tuple[int, bool]:
     flag = _StopFlag()
     in_flight: set[str] = set()
     processed = 0
+    written = 0  # output files written by this run (the fault hook counts these)
     interrupted = False
     executor: Executor | None = None
     with _signals(flag), _progress(len(todo), options.progress) as advance:
@@ -391,7 +399,9 @@ def _drive(
                             requeued.add(result.item_id)
                             todo.append(result.item_id)
                         continue
-                    _record(manifest, output_dir, by_id[result.item_id], result)
+                    if result.status == "done" and result.data is not None:
+                        written += 1
+                    _record(manifest, output_dir, by_id[result.item_id], result, partial(faults.after_write, written))
                     processed += 1
                     advance(result)
                     if on_result is not None:
@@ -413,12 +423,15 @@ def _drive(
     return processed, interrupted
 
 
-def _record(manifest: Manifest, output_dir: Path, item: BatchItem, result: ItemResult) -> None:
+def _record(
+    manifest: Manifest, output_dir: Path, item: BatchItem, result: ItemResult, after_write: Callable[[], None]
+) -> None:
     """File first (atomic + fsync), then the row: a done row always points at a complete file."""
     if result.status == "done" and result.data is not None:
         write_bytes_atomic(output_dir / item.output_relpath, result.data)
         if result.draft_data is not None:
             write_bytes_atomic(output_dir / DRAFTS_DIR / item.output_relpath, result.draft_data)
+        after_write()  # the fault hook's window: files durable, row not yet committed
     manifest.finish(
         item.id,
         ItemOutcome(
