@@ -43,22 +43,23 @@ def build_app(
     ui_state = state or UIState(pipeline_factory, store_dir, portrait_factory, require_consent=require_consent)
     with PortraitForgeApp(title="portraitforge", analytics_enabled=False) as app:
         gr.Markdown("## portraitforge\nSwap a face in a photo toward an identity, manage identities, run batches.")
-        with gr.Tab("Swap", id="swap"):
+        with gr.Tab("Swap", id="swap") as swap_page:
             swap = build_swap_tab(ui_state)
-        with gr.Tab("Identities", id="identities") as identities_tab:
+        with gr.Tab("Identities", id="identities"):
             library = build_identity_tab(ui_state)
         with gr.Tab("Batch", id="batch"):
             build_batch_tab()
-        with gr.Tab("Generate", id="generate"):
+        with gr.Tab("Generate", id="generate") as generate_page:
             generate = build_generate_tab(ui_state)
 
         def refreshed() -> tuple[Any, Any]:
             choices = identity_choices(ui_state.identity_names())
             return gr.update(choices=choices), gr.update(choices=choices)
 
-        # The stored-identity lists follow the library: on Refresh, and when leaving the Identities tab.
-        swap["refresh"].click(refreshed, None, [swap["identity_name"], generate["identity_name"]])
-        identities_tab.deselect(refreshed, None, [swap["identity_name"], generate["identity_name"]])
+        # The stored-identity lists follow the library: on Refresh, and when their tab is opened.
+        lists = [swap["identity_name"], generate["identity_name"]]
+        for trigger in (swap["refresh"].click, swap_page.select, generate_page.select):
+            trigger(refreshed, None, lists)
         _ = library
     app.portraitforge_state = ui_state
     return app

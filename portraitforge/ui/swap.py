@@ -283,7 +283,8 @@ def quality_problems(message: str) -> list[str]:
     for item in rest.split("; "):
         face, _, problem = item.partition(": ")
         if "identity similarity" in problem:
-            said = f"does not look enough like the identity ({problem.split(' identity similarity ')[-1]})"
+            value, _, needed = problem.split(" identity similarity ")[-1].partition(" < ")
+            said = f"does not look enough like the identity (similarity {value}, needs {needed})"
         elif "still sees the original" in problem:
             said = "still looks more like the original person than the identity"
         elif "identity distance" in problem:

@@ -35,7 +35,7 @@ _FLAG_LABELS: dict[str, str] = {
 }
 
 # Absolute POSIX paths (upload temp files, the store, the model folder): shown by their last component.
-_PATH = re.compile(r"(?<![\w.~/])(?:~?/)(?:[^\s:;,'\"()<>]+/)+([^\s:;,'\"()<>/]+)/?")
+_PATH = re.compile(r"(?<![\w.~/:])(?:~?/)(?:[^\s:;,'\"()<>]+/)+([^\s:;,'\"()<>/]+)/?")
 # "(or run: portraitforge models setup, or ...)" -> a hint for whoever runs the server.
 _MODELS_HINT = re.compile(r"\(?\bor run: portraitforge (models [\w.\-]+(?: [\w.\-]+)?)[^)]*\)?")
 _PAREN_WITH_COMMAND = re.compile(r"\s*\([^()]*(?:--[a-z]|portraitforge )[^()]*\)")
@@ -51,6 +51,8 @@ def one_line(text: object) -> str:
 def ui_words(message: str) -> str:
     """`message` without server paths or command-line flags (see the module doc)."""
     text = one_line(message)
+    text = re.sub(r"^parameters: [\w.]+: Value error, ", "", text)  # pydantic's prefix on model-level checks
+    text = text.replace("parameters: ", "", 1) if text.startswith("parameters: ") else text
     text = _PATH.sub(lambda m: m.group(1), text)
     text = _MODELS_HINT.sub(lambda m: f"(whoever runs this server can fetch it with: portraitforge {m.group(1)})", text)
     text = text.replace("(raise the server's pixel limit if this is intended)", "")
