@@ -73,7 +73,10 @@ def build_identity_tab(state: UIState) -> dict[str, Any]:
 
     def on_show(name_v: str | None) -> tuple[Any, ...]:
         res = show_identity(state, name_v)
-        return res.html, res.details, res.photos
+        # Choosing (or a rename/delete re-choosing) only fills the details; the status keeps the last action's
+        # outcome unless reading the identity failed.
+        status_v = res.html if res.status not in ("", "OK") else gr.update()
+        return status_v, res.details, res.photos
 
     chosen.change(on_show, [chosen], [status, details, photo_table])
 

@@ -274,16 +274,21 @@ def _reference_embedding(state: UIState, pipe: RefinePipeline, reference: Any) -
     return ref.embedding(pipe.analyzer.embedding_space)
 
 
-def quality_problems(message: str) -> list[str]:
-    """The LOW_QUALITY reasons of a refine message, in words a user can act on."""
+def quality_problems(message: str, faces: list[dict[str, Any]] = ()) -> list[str]:  # type: ignore[assignment]
+    """The LOW_QUALITY reasons of a refine message, in words a user can act on (`faces`: the report's faces, for
+    the grader's unrounded numbers)."""
     _, sep, rest = message.partition("with low quality: ")
     if not sep:
         return []
+    graders = {f"face {f['index']}": (f.get("quality") or {}).get("grader") for f in faces}
     words = []
     for item in rest.split("; "):
         face, _, problem = item.partition(": ")
         if "identity similarity" in problem:
             value, _, needed = problem.split(" identity similarity ")[-1].partition(" < ")
+            grader = graders.get(face)
+            if grader:  # 0.449 < 0.45 prints as "0.45 < 0.45" at two digits
+                value, needed = f"{grader['identity_similarity']:.3f}", f"{grader['threshold']:g}"
             said = f"does not look enough like the identity (similarity {value}, needs {needed})"
         elif "still sees the original" in problem:
             said = "still looks more like the original person than the identity"
@@ -318,7 +323,7 @@ def _summary(report: dict[str, Any], output: Path | None) -> str:
     quality = f"quality {score}/100" if score is not None else "no quality grader loaded"
     saved = f"; saved as {output.name}" if output is not None else ""
     if report["status"] == Status.LOW_QUALITY.value:
-        problems = quality_problems(report["message"]) or [report["message"]]
+        problems = quality_problems(report["message"], report.get("faces", [])) or [report["message"]]
         head = report["message"].partition(" with low quality")[0]
         return f"{head}, {quality}, but: {'; '.join(problems)}{saved}"
     if report["status"] == Status.OK.value:

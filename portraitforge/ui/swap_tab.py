@@ -112,7 +112,7 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
         )
         fit = gr.Radio(["pad", "crop", "stretch"], value=d.fit, label="Fit (for WxH)")
         upscaler = gr.Radio(list(UPSCALERS), value=d.upscaler, label="Face upscaler (Real-ESRGAN is slow on a CPU)")
-    sweep_gallery = gr.Gallery(label="Strength sweep", columns=4, height=300, elem_id="pf-sweep-gallery")
+    sweep_gallery = gr.Gallery(label="Strength sweep", columns=4, height=300, elem_id="pf-sweep-gallery", visible=False)
     sheet = gr.Image(label="Comparison: target | identity | result", interactive=False, format="jpeg")
     report = gr.JSON(label="Report")
     faces_state = gr.State(None)  # (target pixels, face boxes) of the last detection, per browser session
@@ -158,7 +158,7 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
             **params(tuple(rest)),
         )  # fmt: skip
         files = (str(res.output) if res.output else None, str(res.report_file) if res.report_file else None)
-        return res.image, res.sheet, res.report, res.html, *files, []
+        return res.image, res.sheet, res.report, res.html, *files, gr.update(value=[], visible=False)
 
     def on_sweep(*values: Any, progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
         target_v, photo_v, name_v, faces_v, numbers_v, mapping_v, reference_v, fmt_v, *rest = values
@@ -179,7 +179,7 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
         else:
             html = last.html
         files = (str(last.output) if last.output else None, str(last.report_file) if last.report_file else None)
-        return last.image, last.sheet, last.report, html, *files, gallery
+        return last.image, last.sheet, last.report, html, *files, gr.update(value=gallery, visible=bool(gallery))
 
     run.click(on_swap, swap_inputs, swap_outputs, scroll_to_output=True, api_name="swap")
     sweep.click(on_sweep, swap_inputs, swap_outputs, scroll_to_output=True, api_name="sweep")
