@@ -41,10 +41,18 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _on_screen(page: Any, selector: str) -> bool:
+    box, viewport = page.locator(selector).bounding_box(), page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
+
+
 def _swap(page: Any) -> tuple[str, str]:
     page.click("#pf-swap")
     page.wait_for_timeout(300)
-    return wait_for_status(page, "#pf-status", _finished)
+    outcome = wait_for_status(page, "#pf-status", _finished)
+    page.wait_for_timeout(500)  # the scroll to the outputs
+    assert _on_screen(page, "#pf-status .pf-status"), "the status line is out of view after pressing Swap"
+    return outcome
 
 
 def test_happy_path_result_in_view_and_logged(page: Any, ui_server: Any, photos: dict[str, Path]) -> None:
@@ -67,7 +75,8 @@ def test_happy_path_result_in_view_and_logged(page: Any, ui_server: Any, photos:
     screenshot(page, "happy_path_full")
     logged = [json.loads(line) for line in ui_server.runs_log.read_text().splitlines()]
     mine = [r for r in logged if r.get("interface") == "ui" and r["status"] == code]
-    assert mine and Path(mine[-1]["output"]).is_file() and Path(mine[-1]["input"]).name == "astronaut.png"
+    assert mine, logged
+    assert Path(mine[-1]["output"]).is_file() and Path(mine[-1]["input"]).name == "astronaut.png"
 
 
 def test_fake_jpg_explained(page: Any, photos: dict[str, Path]) -> None:

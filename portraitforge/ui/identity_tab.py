@@ -56,7 +56,7 @@ def build_identity_tab(state: UIState) -> dict[str, Any]:
                 confirm = gr.Checkbox(value=False, label="Yes, delete", elem_id="pf-id-confirm")
                 delete = gr.Button("Delete", variant="stop", elem_id="pf-id-delete")
                 export = gr.Button("Export", elem_id="pf-id-export")
-            exported = gr.File(label="Exported identity (.safetensors)", interactive=False)
+            exported = gr.File(label="Exported identity (.safetensors)", interactive=False, height=80)
     details = gr.Markdown()
     photo_table = gr.Dataframe(headers=PHOTO_COLUMNS, interactive=False, wrap=True, elem_id="pf-id-photos-table")
 

@@ -1,7 +1,7 @@
 """The Swap tab's layout and wiring (the work is in `portraitforge.ui.swap`).
 
-Layout, top to bottom: the uploads; the target's numbered faces next to the result; the main controls with the
-Swap button and the status line right under it; then the optional settings. Opening settings never pushes the
+Layout, top to bottom: the uploads; the main controls and the Swap button; the status line; the target's numbered
+faces next to the result; the downloads; then the optional settings. Opening settings never pushes the
 result away from the button, and the page scrolls to the result when a run ends.
 """
 
@@ -65,11 +65,6 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
                 elem_id="pf-identity-name",
             )
             refresh = gr.Button("Refresh the list", size="sm")
-    with gr.Row(equal_height=False):
-        faces_view = gr.Image(
-            label="Faces in the target: click one to choose it", interactive=False, height=420, elem_id="pf-faces"
-        )
-        result = gr.Image(label="Result", interactive=False, height=420, format="png", elem_id="pf-result")
     with gr.Row(equal_height=True):
         strength = gr.Number(value=d.strength, label="Strength (more than 0, at most 1)", elem_id="pf-strength")
         faces = gr.Dropdown(FACE_LABELS, value="largest", label="Faces to change", elem_id="pf-faces-choice")
@@ -79,6 +74,11 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
         run = gr.Button("Swap", variant="primary", elem_id="pf-swap")
         sweep = gr.Button(f"Strength sweep ({', '.join(str(s) for s in SWEEP_STRENGTHS)})", elem_id="pf-sweep")
     status = gr.HTML(status_html(None, "upload a target photo and an identity, then press Swap"), elem_id="pf-status")
+    with gr.Row(equal_height=False):
+        faces_view = gr.Image(
+            label="Faces in the target: click one to choose it", interactive=False, height=400, elem_id="pf-faces"
+        )
+        result = gr.Image(label="Result", interactive=False, height=400, format="png", elem_id="pf-result")
     with gr.Row():
         download = gr.File(label="Download the image (with its metadata)", interactive=False, elem_id="pf-download")
         report_file = gr.File(label="Download the report (JSON)", interactive=False, elem_id="pf-report-file")
@@ -148,7 +148,8 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
     faces_view.select(on_click, [faces_state, face_numbers], [faces_view, face_numbers, faces, status])
 
     swap_inputs = [target, identity_photo, identity_name, faces, face_numbers, mapping, reference, fmt, *controls]
-    swap_outputs = [result, sheet, report, status, download, report_file, sweep_gallery]
+    # The status comes first: the page scrolls to the first output, and the result sits right under it.
+    swap_outputs = [status, result, sheet, report, download, report_file, sweep_gallery]
 
     def on_swap(*values: Any, progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - gradio's injection
         target_v, photo_v, name_v, faces_v, numbers_v, mapping_v, reference_v, fmt_v, *rest = values
@@ -158,7 +159,7 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
             **params(tuple(rest)),
         )  # fmt: skip
         files = (str(res.output) if res.output else None, str(res.report_file) if res.report_file else None)
-        return res.image, res.sheet, res.report, res.html, *files, gr.update(value=[], visible=False)
+        return res.html, res.image, res.sheet, res.report, *files, gr.update(value=[], visible=False)
 
     def on_sweep(*values: Any, progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
         target_v, photo_v, name_v, faces_v, numbers_v, mapping_v, reference_v, fmt_v, *rest = values
@@ -179,7 +180,7 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
         else:
             html = last.html
         files = (str(last.output) if last.output else None, str(last.report_file) if last.report_file else None)
-        return last.image, last.sheet, last.report, html, *files, gr.update(value=gallery, visible=bool(gallery))
+        return html, last.image, last.sheet, last.report, *files, gr.update(value=gallery, visible=bool(gallery))
 
     run.click(on_swap, swap_inputs, swap_outputs, scroll_to_output=True, api_name="swap")
     sweep.click(on_sweep, swap_inputs, swap_outputs, scroll_to_output=True, api_name="sweep")
