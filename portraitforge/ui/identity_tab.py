@@ -65,7 +65,15 @@ def build_identity_tab(state: UIState) -> dict[str, Any]:
         value = selected if selected in names else None
         return gr.update(value=identity_rows(state)), gr.update(choices=names, value=value)
 
-    def on_add(photos_v: Any, name_v: str, consent_v: str, note_v: str, append_v: bool) -> tuple[Any, ...]:
+    def on_add(
+        photos_v: Any,
+        name_v: str,
+        consent_v: str,
+        note_v: str,
+        append_v: bool,
+        progress: Any = gr.Progress(),  # noqa: B008 - gradio injects progress through this default
+    ) -> tuple[Any, ...]:
+        progress(0.1, desc="embedding the photos" if state.loaded else "loading the face models (first time only)")
         res = add_identity(state, name_v, photos_v, consent_v, note_v, append_v)
         return res.html, res.details, res.photos, *library(name_v.strip() if res.status == "OK" else None)
 

@@ -328,6 +328,8 @@ def _summary(report: dict[str, Any], output: Path | None) -> str:
         return f"{head}, {quality}, but: {'; '.join(problems)}{saved}"
     if report["status"] == Status.OK.value:
         return f"{report['message']}, {quality}{saved}"
+    if report["status"] == Status.NO_FACE.value and "target" in report["message"]:
+        return ui_words(report["message"]) + " (small faces: try a larger detection size under 'More face options')"
     return ui_words(report["message"])
 
 

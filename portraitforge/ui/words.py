@@ -84,7 +84,7 @@ def status_html(status: Status | str | None, message: str) -> str:
         code = Status(status).value
         background, colour = _COLOURS.get(code, _FAILED)
     body = html.escape(ui_words(message))
-    label = f"<b>{code}</b>: " if code else ""
+    label = f'<b style="font-family:ui-monospace,monospace">{code}</b>: ' if code else ""
     style = (
         f"background:{background};color:{colour};border:1px solid {colour}33;border-radius:6px;"
         "padding:8px 12px;white-space:normal;overflow-wrap:anywhere;font-size:15px;line-height:1.4"
