@@ -172,3 +172,50 @@ def test_identity_tab_round_trip(page: Any, ui_server: Any) -> None:
     assert error_badges(page) == 0
     screenshot(page, "identity_deleted", full_page=False)
     status_of(page, "#pf-id-status")
+
+
+def test_strength_sweep(page: Any, photos: dict[str, Path]) -> None:
+    upload(page, "#pf-target", photos["target"])
+    wait_for_status(page, "#pf-status", lambda c, t: "face(s) found" in t)
+    upload(page, "#pf-identity-photo", photos["identity"])
+    page.click("#pf-sweep")
+    code, text = wait_for_status(page, "#pf-status", lambda c, t: "sweep done" in t or c not in ("", *DONE))
+    assert code in DONE and "0.3: " in text and "0.9: " in text, text
+    gallery = page.locator("#pf-sweep-gallery")
+    gallery.wait_for(state="visible")
+    assert gallery.locator("img").count() == 4
+    assert error_badges(page) == 0
+    gallery.scroll_into_view_if_needed()
+    screenshot(page, "strength_sweep", full_page=False)
+
+
+def test_batch_tab_plan_and_run(page: Any, photos: dict[str, Path], tmp_path: Path) -> None:
+    import yaml
+
+    drafts = tmp_path / "drafts"
+    drafts.mkdir()
+    save_image(drafts / "group_left.png", load_image(photos["group"]).rgb[150:550, 0:400])
+    spec = tmp_path / "ui-batch.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ui-batch",
+                "output": {"dir": str(tmp_path / "out")},
+                "drafts": {"folder": str(drafts)},
+                "identities": [{"image": str(photos["identity"]), "name": "hanks"}],
+                "sweep": {"strength": [0.7, 1.0]},
+            }
+        )
+    )
+    page.get_by_role("tab", name="Batch").click()
+    upload(page, "#pf-batch-spec", spec)
+    page.click("#pf-batch-plan")
+    code, text = wait_for_status(page, "#pf-batch-status", lambda c, t: c != "")
+    assert code == "OK" and text == "OK: ui-batch: 2 items", text
+    page.click("#pf-batch-run")
+    code, text = wait_for_status(page, "#pf-batch-status", lambda c, t: "done" in t or c not in ("", "OK"))
+    assert code == "OK" and "2 items: 2 done, 0 failed" in text, text
+    assert (tmp_path / "out" / "manifest.sqlite").is_file()
+    page.locator("#pf-batch-sheets img").first.wait_for(state="visible")
+    assert error_badges(page) == 0
+    screenshot(page, "batch_run", full_page=False)

@@ -32,8 +32,8 @@ class BatchResult:
         return status_html(self.status, self.message)
 
 
-def spec_choices(folder: Path = CONFIGS_DIR) -> list[str]:
-    """Batch specs in the configs folder (file paths), refine presets left out."""
+def spec_choices(folder: Path = CONFIGS_DIR) -> list[tuple[str, str]]:
+    """Batch specs in the configs folder as (file name, path) choices, refine presets left out."""
     found = []
     for path in sorted(folder.glob("*.y*ml")):
         try:
@@ -41,7 +41,7 @@ def spec_choices(folder: Path = CONFIGS_DIR) -> list[str]:
         except (OSError, yaml.YAMLError):
             continue
         if isinstance(data, dict) and set(data) >= _SPEC_KEYS:
-            found.append(str(path))
+            found.append((path.name, str(path)))
     return found
 
 

@@ -112,7 +112,9 @@ def build_swap_tab(state: UIState) -> dict[str, Any]:
         )
         fit = gr.Radio(["pad", "crop", "stretch"], value=d.fit, label="Fit (for WxH)")
         upscaler = gr.Radio(list(UPSCALERS), value=d.upscaler, label="Face upscaler (Real-ESRGAN is slow on a CPU)")
-    sweep_gallery = gr.Gallery(label="Strength sweep", columns=4, height=300, elem_id="pf-sweep-gallery", visible=False)
+    sweep_gallery = gr.Gallery(
+        label="Strength sweep", columns=4, height=300, object_fit="contain", elem_id="pf-sweep-gallery", visible=False
+    )
     sheet = gr.Image(label="Comparison: target | identity | result", interactive=False, format="jpeg")
     report = gr.JSON(label="Report")
     faces_state = gr.State(None)  # (target pixels, face boxes) of the last detection, per browser session
