@@ -54,6 +54,8 @@ def swapped(state: UIState, astronaut_rgb: ImageRGB, hanks: Path):
 
 
 def _log(state: UIState) -> list[dict]:
+    if not state.log_path.is_file():
+        return []
     return [json.loads(line) for line in state.log_path.read_text().splitlines()]
 
 
@@ -329,3 +331,49 @@ def test_cli_port_taken_is_one_line() -> None:
         result = CliRunner().invoke(cli_app, ["ui", "--port", port, "--no-share", "--require-consent"])
     assert result.exit_code == 3, result.output
     assert port in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_errors_are_one_line_and_logged(state: UIState, tmp_path: Path) -> None:
+    from portraitforge.ui import run_generate
+
+    image, draft, report, line = run_generate(state, "", "a portrait")
+    assert image is None and draft is None and report["status"] == "BAD_INPUT" and "model" in line
+    before = len(_log(state))
+    _, _, report, line = run_generate(state, str(tmp_path), "a portrait", size="12x")
+    assert report["status"] == "BAD_INPUT" and "'Size' 12x" in line and "--" not in line
+    _, _, report, line = run_generate(state, str(tmp_path / "missing-model"), "a portrait")
+    assert report["status"] != "OK" and "\n" not in line and str(tmp_path) not in line
+    assert len(_log(state)) == before + 2 and _log(state)[-1]["operation"] == "generate"
+
+
+def test_generate_loads_once_on_demand(state: UIState, tmp_path_factory: pytest.TempPathFactory) -> None:
+    torch = pytest.importorskip("torch")
+    diffusion_fixtures = pytest.importorskip("diffusion_fixtures")
+    from portraitforge.ui import run_generate
+
+    folder = diffusion_fixtures.save_tiny(tmp_path_factory.mktemp("tiny-sd"), "sd")
+    loads: list[str] = []
+
+    def portrait_factory(source: str, refiner):  # type: ignore[no-untyped-def]
+        from portraitforge.pipelines.portrait import PortraitPipeline
+
+        loads.append(source)
+        return PortraitPipeline.from_pretrained(source, refiner=refiner, device="cpu")
+
+    ui_state = UIState(state.pipeline_factory, store_dir=state.store_dir, portrait_factory=portrait_factory)
+    ui_state._bases = state._bases  # share the loaded face models
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        events: list[int] = []
+        image, draft, report, message = run_generate(
+            ui_state, str(folder), "a portrait", seed=5, steps=2, callback=lambda e: events.append(e.step)
+        )
+        again, _, _, _ = run_generate(ui_state, str(folder), "a portrait", seed=5, steps=2)
+    finally:
+        torch.set_num_threads(saved)
+    assert report["status"] == "OK", message  # no identity: the draft is the result
+    assert image is not None and draft is not None and image.shape[2] == 3
+    assert report["seed"] == 5 and events == [1, 2] and message.startswith("OK: seed 5")
+    assert loads == [str(folder)]  # loaded on the first press, kept for the next
+    np.testing.assert_array_equal(image, again)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from portraitforge.errors import BadInputError
 from portraitforge.types import ImageRGB, Status
 from portraitforge.ui.state import ImageInput, UIState
+from portraitforge.ui.store_access import record_use
 from portraitforge.ui.swap import _identity, captured, swap_config
 from portraitforge.ui.words import status_line, ui_words
 
@@ -36,6 +37,8 @@ def run_generate(
 
     Returns (portrait | None, draft | None, report dict, one-line status).
     """
+    from portraitforge.pipelines.refine_files import append_log  # the CLI's runs-log writer
+
     out: dict[str, Any] = {}
     with captured(out):
         source = (model_source or "").strip()
@@ -76,7 +79,15 @@ def run_generate(
             "model": result.model,
             "image": first.to_dict(),
         }
+        append_log(state.log_path, {**report, "interface": "ui", "operation": "generate"})
+        if identity is not None:
+            record_use(state.store(), identity, None, purpose="generate (web UI)")
         return first.image, first.draft, report, status_line(first.status, f"seed {first.seed}: {first.message}")
     status = out.get("status", Status.INTERNAL.value)
     message = ui_words(out.get("message", "unknown failure"))
+    if (model_source or "").strip() and (prompt or "").strip():  # a run that started: logged like the others
+        with captured({}):
+            append_log(
+                state.log_path, {"status": status, "message": message, "interface": "ui", "operation": "generate"}
+            )
     return None, None, {"status": status, "message": message}, status_line(status, message)

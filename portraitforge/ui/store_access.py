@@ -23,7 +23,9 @@ def stored_identity(
     return store.get(name, analyzer, require_consent=store.require_consent, graders=graders)
 
 
-def record_use(store: IdentityStore, identity: Identity, output: str | os.PathLike[str] | None) -> None:
+def record_use(
+    store: IdentityStore, identity: Identity, output: str | os.PathLike[str] | None, purpose: str = UI_PURPOSE
+) -> None:
     """One audit line per stored identity used for an output (uploaded photos have no store record)."""
     if identity.cache_hit:
-        store.audit(identity, UI_PURPOSE, output)
+        store.audit(identity, purpose, output)
