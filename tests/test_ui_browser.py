@@ -88,6 +88,14 @@ def test_fake_jpg_explained(page: Any, photos: dict[str, Path]) -> None:
     assert code == "BAD_INPUT" and "holiday.jpg: not a recognised image file" in text
     assert error_badges(page) == 0
     screenshot(page, "fake_jpg", full_page=False)
+    notes = photos["fake"].with_name("notes.txt")  # another extension: still our message, not gradio's refusal
+    notes.write_text("shopping list\n")
+    page.reload()
+    page.wait_for_selector("#pf-swap")
+    upload(page, "#pf-target", notes)
+    code, text = wait_for_status(page, "#pf-status", lambda c, t: "notes.txt" in t)
+    assert text == "BAD_INPUT: notes.txt: not a recognised image file"
+    assert error_badges(page) == 0
 
 
 def test_no_face_photo(page: Any, photos: dict[str, Path]) -> None:

@@ -27,7 +27,6 @@ def build_batch_tab() -> None:
         uploaded = gr.File(
             label="...or upload a spec (YAML)",
             type="filepath",
-            file_types=[".yaml", ".yml"],
             scale=2,
             elem_id="pf-batch-spec",
         )

@@ -17,7 +17,6 @@ from portraitforge.ui.identity import (
     show_identity,
 )
 from portraitforge.ui.state import UIState
-from portraitforge.ui.swap_tab import IMAGE_TYPES
 from portraitforge.ui.words import status_html
 
 
@@ -35,7 +34,6 @@ def build_identity_tab(state: UIState) -> dict[str, Any]:
                 label="Photos of one person (several: 3-10 is best)",
                 file_count="multiple",
                 type="filepath",
-                file_types=IMAGE_TYPES,
                 elem_id="pf-id-photos",
             )
             new_name = gr.Textbox(label="Name", elem_id="pf-id-name")

@@ -38,7 +38,6 @@ FACE_LABELS = [
     ("the face most like a reference photo", "reference"),
     ("per-face stored identities", "mapping"),
 ]
-IMAGE_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
 
 
 def identity_choices(names: list[str]) -> list[tuple[str, str]]:
@@ -47,8 +46,9 @@ def identity_choices(names: list[str]) -> list[tuple[str, str]]:
 
 def image_upload(label: str, **kwargs: Any) -> gr.File:
     """Uploads are plain files: our own loader decodes them, so a broken file gets our one-line message instead of
-    gradio's error badge (gr.Image decodes before the handler runs)."""
-    return gr.File(label=label, type="filepath", file_types=IMAGE_TYPES, height=90, **kwargs)
+    gradio's error badge (gr.Image decodes before the handler runs). No `file_types` either: gradio would refuse
+    other extensions with its own badge, where our loader names the file and says what is wrong."""
+    return gr.File(label=label, type="filepath", height=90, **kwargs)
 
 
 def build_swap_tab(state: UIState) -> dict[str, Any]:
