@@ -21,7 +21,9 @@ def ui(
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     share: bool = typer.Option(False, "--share/--no-share", help="Also open a public gradio.live link."),
     store: str | None = typer.Option(None, help="Identity store folder (default $PORTRAITFORGE_HOME)."),
-    require_consent: bool = typer.Option(False, help="Serve only stored identities whose consent covers 'ui'."),
+    require_consent: bool = typer.Option(
+        False, "--require-consent", help="Only use identities with a consent record; adding one needs consent text."
+    ),
 ) -> None:
     """Open the web UI: swap a face toward an identity, or generate a portrait. Ctrl-C stops it."""
     with one_line_errors():

