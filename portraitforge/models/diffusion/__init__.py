@@ -17,6 +17,12 @@ This package re-exports the public names so `from portraitforge.models.diffusion
 
 from portraitforge.models.diffusion.device import DTYPES, dtype_kwargs, resolve_device, resolve_dtype
 from portraitforge.models.diffusion.hashes import WEIGHT_SUFFIXES, file_sha256, folder_fingerprint
+from portraitforge.models.diffusion.ip_adapter import (
+    ID_ADAPTERS,
+    LoadedIPAdapter,
+    faceid_embeds,
+    load_faceid_adapter,
+)
 from portraitforge.models.diffusion.loading import DiffusionModel, LoadOptions, load_text2image
 from portraitforge.models.diffusion.lora import LoadedLora, LoraSpec, load_loras
 from portraitforge.models.diffusion.schedulers import SCHEDULERS, SchedulerSpec, scheduler_label, set_scheduler
@@ -43,10 +49,12 @@ __all__ = [
     "SCHEDULERS",
     "SINGLE_FILE_SUFFIXES",
     "WEIGHT_SUFFIXES",
+    "ID_ADAPTERS",
     "DiffusionModel",
     "Family",
     "GenerationDefaults",
     "LoadOptions",
+    "LoadedIPAdapter",
     "LoadedLora",
     "LoraSpec",
     "ModelFamily",
@@ -56,10 +64,12 @@ __all__ = [
     "detect_folder_family",
     "detect_single_file_family",
     "dtype_kwargs",
+    "faceid_embeds",
     "family_defaults",
     "file_sha256",
     "folder_fingerprint",
     "hub_offline",
+    "load_faceid_adapter",
     "load_loras",
     "load_text2image",
     "resolve_device",
