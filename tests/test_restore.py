@@ -8,6 +8,7 @@ stage and compared with a bare spandrel / onnxruntime call on the same tensor.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -189,21 +190,23 @@ def test_missing_model_is_model_unavailable(tmp_path: Path) -> None:
     assert build_restorer("none", 1.0, store) is None
 
 
-def test_missing_model_cli_one_line_exit_5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_model_cli_one_line_exit_5(tmp_path: Path) -> None:
     """`swap` with `restore: gfpgan` and no model file: one line on stderr, exit 5, no output file."""
     from portraitforge.imageio import save_image
 
     photo = tmp_path / "in.png"
     save_image(photo, np.full((64, 64, 3), 128, np.uint8))
     config = tmp_path / "restore.yaml"
-    config.write_text(json.dumps({"restore": "gfpgan", "models_dir": str(tmp_path / "models")}))
+    # The embedded dlib engine needs no model store, so the restorer is the only missing file.
+    settings = {"analyzer": "dlib", "swap_engine": "landmark", "grader": "none", "parsing": "off"}
+    config.write_text(json.dumps({**settings, "restore": "gfpgan", "models_dir": str(tmp_path / "models")}))
     out = tmp_path / "out.png"
     env = {"PORTRAITFORGE_HOME": str(tmp_path / "home"), "PORTRAITFORGE_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "portraitforge.cli", "swap", str(photo), str(photo), "-o", str(out), "-c", str(config)],
+        [sys.executable, "-m", "portraitforge.cli", "swap", str(photo), "-i", str(photo), "-o", str(out), "-c", str(config)],
         capture_output=True,
         text=True,
-        env={**__import__("os").environ, **env},
+        env={**os.environ, **env},
         timeout=300,
     )
     assert proc.returncode == 5, proc.stderr
