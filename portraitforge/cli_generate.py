@@ -179,6 +179,15 @@ def generate(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Step progress bar (on a terminal).")
     ] = True,
+    id_adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--id-adapter",
+            help="Draft-time identity: 'faceid' (IP-Adapter FaceID from the model store) or a FaceID "
+            ".safetensors/.bin file. Needs --identity with an ArcFace (buffalo_l) embedding.",
+        ),
+    ] = None,
+    id_scale: Annotated[float, typer.Option(help="IP-Adapter FaceID scale 0..2.")] = 0.7,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
@@ -232,6 +241,16 @@ def generate(
                 if identity is not None
                 else None
             )
+            if id_adapter is not None:
+                from portraitforge.models.diffusion.ip_adapter import faceid_weights
+                from portraitforge.models.store import ModelStore
+                from portraitforge.pipelines.portrait import identity_arcface
+
+                if resolved is None:
+                    raise ParameterError("--id-adapter needs --identity")
+                identity_arcface(resolved)  # no ArcFace embedding: exit 5 before any weights are read
+                weights = faceid_weights(id_adapter, loaded.family, ModelStore.from_dir(refine_cfg.models_dir))
+                pipe.load_id_adapter(weights, id_scale)
             bar = _Bar(params.num_images * params.steps, enabled=progress and stderr_is_tty())
             records: list[dict[str, Any]] = []
             t1 = time.perf_counter()
@@ -258,6 +277,7 @@ def generate(
                 "scheduler": loaded.scheduler,
                 "parameters": params.to_dict(),
                 "identity": resolved.name if resolved is not None else None,
+                "id_adapter": pipe.id_adapter.to_dict() if pipe.id_adapter is not None else None,
                 "refiner": refiner.params() if refiner is not None and resolved is not None else None,
                 "output_dir": str(output),
                 "images": records,

@@ -59,6 +59,8 @@ def save_faceid(state: dict[str, dict[str, torch.Tensor]], path: Path) -> Path:
     if path.suffix == ".bin":
         torch.save(state, str(path))
     else:
-        flat = {f"{part}.{key}": value.contiguous() for part, tensors in state.items() for key, value in tensors.items()}
+        flat = {
+            f"{part}.{key}": value.contiguous() for part, tensors in state.items() for key, value in tensors.items()
+        }
         save_file(flat, str(path))
     return path

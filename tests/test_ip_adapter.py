@@ -178,3 +178,26 @@ def test_not_a_faceid_checkpoint_is_bad_input(tmp_path: Path, files: dict[str, P
         pipe.load_id_adapter(bogus)
     with pytest.raises(ModelUnavailableError, match="not found"):
         pipe.load_id_adapter(tmp_path / "missing.safetensors")
+
+
+def test_cli_dlib_identity_exits_5_in_one_line(tmp_path: Path, files: dict[str, Path], hanks_path: Path) -> None:
+    """The embedded default stores dlib/MobileFaceNet vectors, not ArcFace: `--id-adapter faceid` says so and
+    exits 5 before anything is drawn."""
+    from typer.testing import CliRunner
+
+    from portraitforge.cli import app
+    from portraitforge.embeddings_cache.store import IdentityStore
+    from portraitforge.refiners.detect import DlibFaceAnalyzer
+
+    store_dir = tmp_path / "store"
+    IdentityStore(store_dir).add("hanks", [hanks_path], analyzers=[DlibFaceAnalyzer.load()])
+    common = ["generate", "p", "-m", str(files["model"]), "--steps", "1", "--log", str(tmp_path / "log")]
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        app, [*common, "-i", "hanks", "--store", str(store_dir), "--id-adapter", "faceid", "-o", str(out)]
+    )
+    assert result.exit_code == 5, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "ArcFace" in result.stderr
+    assert not out.exists() or not any(out.rglob("*.png"))
+    no_identity = CliRunner().invoke(app, [*common, "--id-adapter", str(files["plain"]), "-o", str(out)])
+    assert no_identity.exit_code == 2 and "--id-adapter needs --identity" in no_identity.stderr

@@ -203,7 +203,19 @@ def test_missing_model_cli_one_line_exit_5(tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     env = {"PORTRAITFORGE_HOME": str(tmp_path / "home"), "PORTRAITFORGE_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "portraitforge.cli", "swap", str(photo), "-i", str(photo), "-o", str(out), "-c", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "portraitforge.cli",
+            "swap",
+            str(photo),
+            "-i",
+            str(photo),
+            "-o",
+            str(out),
+            "-c",
+            str(config),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, **env},

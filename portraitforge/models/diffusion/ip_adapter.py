@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +27,10 @@ import torch
 from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
 from portraitforge.models.diffusion.hashes import file_sha256
 from portraitforge.models.diffusion.lora import LoadedLora
-from portraitforge.models.diffusion.sources import first_line
+from portraitforge.models.diffusion.sources import Family, ModelFamily, first_line
+
+if TYPE_CHECKING:
+    from portraitforge.models.store import ModelStore
 
 ARCFACE_DIM = 512
 FACEID_KIND = "faceid"
@@ -110,6 +113,23 @@ def load_faceid_adapter(
         pipe.set_adapters(names, adapter_weights=[x.weight for x in loras] + [1.0] * len(created))
     pipe.set_ip_adapter_scale(scale)
     return LoadedIPAdapter(FACEID_KIND, str(file.resolve()), file_sha256(file), scale, created)
+
+
+def faceid_weights(choice: str, family: ModelFamily, store: ModelStore) -> Path:
+    """`faceid`: the registry's FaceID file for the model's family (fetched when missing, else exit 5);
+    anything else: a FaceID weights file path."""
+    from portraitforge.models.registry import IP_ADAPTER_FACEID_SD15, IP_ADAPTER_FACEID_SDXL
+
+    if choice != FACEID_KIND:
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise BadInputError(f"--id-adapter {choice}: neither 'faceid' nor an existing weights file")
+        return path
+    if family.base is Family.SDXL:
+        return store.ensure(IP_ADAPTER_FACEID_SDXL.name)
+    if family.base is Family.SD1:
+        return store.ensure(IP_ADAPTER_FACEID_SD15.name)
+    raise BadInputError(f"IP-Adapter FaceID exists for SD 1.5 and SDXL models, not {family.name}")
 
 
 def check_scale(scale: float) -> float:
