@@ -188,6 +188,13 @@ def generate(
         ),
     ] = None,
     id_scale: Annotated[float, typer.Option(help="IP-Adapter FaceID scale 0..2.")] = 0.7,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            help="Best-of-N: draw -n candidates, refine them, keep the K the grader ranks highest (needs --identity).",
+        ),
+    ] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
@@ -235,6 +242,8 @@ def generate(
                 identity,
                 require_face,
             )
+            if keep is not None and (identity is None or not 1 <= keep <= params.num_images):
+                raise ParameterError(f"--keep {keep} needs --identity and must be within 1..--num-images")
             store = IdentityStore(store_dir, require_consent=require_consent)
             resolved = (
                 pipe.load_identity(identity, store=store, require_consent=require_consent)
@@ -253,9 +262,20 @@ def generate(
                 pipe.load_id_adapter(weights, id_scale)
             bar = _Bar(params.num_images * params.steps, enabled=progress and stderr_is_tty())
             records: list[dict[str, Any]] = []
+            candidates: list[dict[str, Any]] | None = None
             t1 = time.perf_counter()
             try:
-                for result in pipe.iter_images(params, resolved, bar):
+                results: Iterator[PortraitImage] = pipe.iter_images(params, resolved, bar)
+                if keep is not None:  # best-of-N: all candidates first, then only the kept ones are written
+                    from portraitforge.pipelines.best_of import rank_candidates
+
+                    kept, scores = rank_candidates(list(results), keep)
+                    candidates = [x.to_dict() for x in scores]
+                    results = iter(kept)
+                    if len(kept) < keep:  # too few usable candidates: their failure sets the exit code
+                        failed = [x.status for x in scores if not x.kept]
+                        worst = max([worst, *failed], key=STATUS_SEVERITY.__getitem__)
+                for result in results:
                     record = _write_result(result, output, refined=resolved is not None)
                     records.append(record)
                     if resolved is not None and resolved.cache_hit and record["output"]:
@@ -281,6 +301,7 @@ def generate(
                 "refiner": refiner.params() if refiner is not None and resolved is not None else None,
                 "output_dir": str(output),
                 "images": records,
+                "candidates": candidates,
                 "warnings": loaded.warnings,
                 "timings_ms": {"load": round(load_ms, 1), "generate": round((time.perf_counter() - t1) * 1e3, 1)},
             }
