@@ -119,3 +119,26 @@ def test_cli_records_every_candidate(tmp_path: Path, tiny: PortraitPipeline, han
     assert [c["seed"] for c in report["candidates"]] == [4, 5]
     assert all(c["status"] == "NO_FACE" and not c["kept"] for c in report["candidates"])
     assert report["images"] == []
+
+
+def test_restorer_chosen_per_identity_by_grader(
+    tmp_path: Path, graded: RefinePipeline, shared_faces_dir: Path, shared_labels: dict[str, str]
+) -> None:
+    """A restorer that damages faces (random GPEN weights) loses to no restoration on measured similarity."""
+    from restore_fixtures import make_gpen
+
+    from portraitforge.models.restorers import RESTORER_KINDS, load_restore_model
+    from portraitforge.pipelines.restore_choice import RestorerChoice
+    from portraitforge.refiners.restore import FaceRestorer
+
+    damaging = FaceRestorer(load_restore_model(RESTORER_KINDS["gpen"], make_gpen(tmp_path / "gpen.onnx")))
+    people = _by_person(shared_labels)
+    identity = graded.identity_from_image(load_image(shared_faces_dir / people["person_a"][0]).rgb, "person_a")
+    targets = [load_image(shared_faces_dir / people[p][0]).rgb for p in ("person_b", "person_c")]
+    choice = RestorerChoice({"gpen": damaging, "none": None})
+    assert choice.choose(graded, identity, targets) == "none"
+    scores = choice.scores["person_a"]
+    assert scores["gpen"] is not None and scores["none"] is not None
+    assert scores["gpen"] < scores["none"] - 0.05  # the restore hook really ran on the swapped crop
+    assert choice.pipeline_for(graded, identity, targets).restorer is None
+    assert choice.to_dict()["chosen"] == {"person_a": "none"}
