@@ -179,6 +179,22 @@ def generate(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Step progress bar (on a terminal).")
     ] = True,
+    id_adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--id-adapter",
+            help="Draft-time identity: 'faceid' (IP-Adapter FaceID from the model store) or a FaceID "
+            ".safetensors/.bin file. Needs --identity with an ArcFace (buffalo_l) embedding.",
+        ),
+    ] = None,
+    id_scale: Annotated[float, typer.Option(help="IP-Adapter FaceID scale 0..2.")] = 0.7,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            help="Best-of-N: draw -n candidates, refine them, keep the K the grader ranks highest (needs --identity).",
+        ),
+    ] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
@@ -226,6 +242,8 @@ def generate(
                 identity,
                 require_face,
             )
+            if keep is not None and (identity is None or not 1 <= keep <= params.num_images):
+                raise ParameterError(f"--keep {keep} needs --identity and must be within 1..--num-images")
             # The store audits the stored identity's use (purpose "generate") and enforces --require-consent.
             store = IdentityStore(store_dir, require_consent=require_consent, purpose="generate")
             resolved = (
@@ -233,11 +251,32 @@ def generate(
                 if identity is not None
                 else None
             )
+            if id_adapter is not None:
+                from portraitforge.models.diffusion.ip_adapter import faceid_weights
+                from portraitforge.models.store import ModelStore
+                from portraitforge.pipelines.portrait import identity_arcface
+
+                if resolved is None:
+                    raise ParameterError("--id-adapter needs --identity")
+                identity_arcface(resolved)  # no ArcFace embedding: exit 5 before any weights are read
+                weights = faceid_weights(id_adapter, loaded.family, ModelStore.from_dir(refine_cfg.models_dir))
+                pipe.load_id_adapter(weights, id_scale)
             bar = _Bar(params.num_images * params.steps, enabled=progress and stderr_is_tty())
             records: list[dict[str, Any]] = []
+            candidates: list[dict[str, Any]] | None = None
             t1 = time.perf_counter()
             try:
-                for result in pipe.iter_images(params, resolved, bar):
+                results: Iterator[PortraitImage] = pipe.iter_images(params, resolved, bar)
+                if keep is not None:  # best-of-N: all candidates first, then only the kept ones are written
+                    from portraitforge.pipelines.best_of import rank_candidates
+
+                    kept, scores = rank_candidates(list(results), keep)
+                    candidates = [x.to_dict() for x in scores]
+                    results = iter(kept)
+                    if len(kept) < keep:  # too few usable candidates: their failure sets the exit code
+                        failed = [x.status for x in scores if not x.kept]
+                        worst = max([worst, *failed], key=STATUS_SEVERITY.__getitem__)
+                for result in results:
                     record = _write_result(result, output, refined=resolved is not None)
                     records.append(record)
                     written += sorted(
@@ -257,9 +296,11 @@ def generate(
                 "scheduler": loaded.scheduler,
                 "parameters": params.to_dict(),
                 "identity": resolved.name if resolved is not None else None,
+                "id_adapter": pipe.id_adapter.to_dict() if pipe.id_adapter is not None else None,
                 "refiner": refiner.params() if refiner is not None and resolved is not None else None,
                 "output_dir": str(output),
                 "images": records,
+                "candidates": candidates,
                 "warnings": loaded.warnings,
                 "timings_ms": {"load": round(load_ms, 1), "generate": round((time.perf_counter() - t1) * 1e3, 1)},
             }

@@ -34,6 +34,7 @@ from portraitforge.models.registry import (
     ModelRegistry,
     ModelSpec,
 )
+from portraitforge.models.restorers import RESTORER_KINDS
 from portraitforge.models.store import ModelStore
 from portraitforge.pipelines import stage_registry as sr
 from portraitforge.pipelines.refine import RefinePipeline
@@ -60,6 +61,8 @@ def _config_choosing(kind: str, name: str) -> RefineConfig:
         values["blend"] = name
     elif kind == "upscaler":
         values["upscaler"] = name
+    elif kind == "restorer":
+        values["restore"] = name
     return RefineConfig.validated(values)
 
 
@@ -130,11 +133,13 @@ def test_every_registered_name_builds_from_a_config(
     elif kind == "swapper":
         analyzer = sr.ANALYZERS.resolve(config, full).from_config(config, full, pool)
         stage = spec.from_config(config, full, analyzer, sr.build_upscaler("none"), pool)
+    elif kind == "restorer":
+        stage = spec.from_config(config, full)
     else:  # grader
         stage = spec.from_config(config, full, dlib)
     if kind == "face_detector":
         assert stage.detect(np.zeros((64, 64, 3), np.uint8)) == []  # built and callable
-    elif kind == "grader" and name == "none":
+    elif name == "none" and kind in ("grader", "restorer"):
         assert stage is None
     elif kind == "blender":
         assert stage.params()["blend"] == name
@@ -157,6 +162,7 @@ EXPECTED_MISSING = {
     ("grader", "mobilefacenet"): [MOBILEFACENET.name],
     ("grader", "dlib"): [],
     ("grader", "none"): [],
+    **{("restorer", n): [RESTORER_KINDS[n].spec.name] for n in RESTORER_KINDS},
 }
 
 
@@ -282,7 +288,7 @@ def test_help_text_lists_every_name_and_auto() -> None:
         assert all(name in text for name in registry.names())
         assert ("auto: " in text) == (registry.auto is not None)
     assert "a path to a spandrel-loadable" in describe("upscaler")
-    assert sr.RESTORERS.names() == ()  # the slot exists and is empty until restorers arrive
+    assert set(sr.RESTORERS.names()) == {"none", *RESTORER_KINDS}
 
 
 def test_embedded_upscaler_names_match_the_converted_weights() -> None:

@@ -373,6 +373,103 @@ YUNET = ModelSpec(
     sources=("shared/models/SHA256SUMS", "third-party notice of an app embedding YuNet 2026may (same sha256)"),
 )
 
+# ---- draft-time identity (IP-Adapter FaceID) and face restoration: optional, fetched only when chosen ------
+#
+# No file below is in a default pack. Hashes were taken from independent public manifests where two or more
+# agree; otherwise `sha256=None` and `hash_note` says so: these files could not be fetched on the machine this
+# registry was written on (Hub and GitHub unreachable), so no hash was computed here.
+
+NOT_HASHED_OFFLINE = (
+    "sha256 not knowable offline: the file could not be fetched here and no two independent public manifests "
+    "pinning it were found; the store reports it as 'unverified'"
+)
+IP_ADAPTER_FACEID_LICENSE = (
+    "h94/IP-Adapter-FaceID model card: research use; it is driven by InsightFace ArcFace embeddings "
+    "(buffalo_l, non-commercial research only), so treat as non-commercial (not re-checked offline)"
+)
+FACEID_REPO = "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main/"
+# Only pickle `.bin` files are published for the adapters (no safetensors variant in h94/IP-Adapter-FaceID);
+# they are read with torch.load(weights_only=True) (models/diffusion/ip_adapter.py). The FaceID LoRA is inside
+# the .bin (`ip_adapter.N.to_*_lora.*`) and diffusers applies it; the separate *_lora.safetensors files are for
+# other UIs and are not needed.
+IP_ADAPTER_FACEID_SD15 = ModelSpec(
+    name="ip-adapter-faceid/sd15",
+    filename="ip_adapter/ip-adapter-faceid_sd15.bin",
+    urls=(FACEID_REPO + "ip-adapter-faceid_sd15.bin",),
+    sha256=None,
+    size=None,
+    task="id-adapter",
+    license=IP_ADAPTER_FACEID_LICENSE,
+    pack="ip-adapter-faceid",
+    hash_note=NOT_HASHED_OFFLINE,
+)
+IP_ADAPTER_FACEID_SDXL = ModelSpec(
+    name="ip-adapter-faceid/sdxl",
+    filename="ip_adapter/ip-adapter-faceid_sdxl.bin",
+    urls=(FACEID_REPO + "ip-adapter-faceid_sdxl.bin",),
+    sha256=None,
+    size=None,
+    task="id-adapter",
+    license=IP_ADAPTER_FACEID_LICENSE,
+    pack="ip-adapter-faceid",
+    hash_note=NOT_HASHED_OFFLINE,
+)
+
+GFPGAN_RESTORE = ModelSpec(
+    name="restore/gfpgan",
+    filename="restore/GFPGANv1.4.pth",
+    urls=("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",),
+    sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+    size=None,
+    task="restore",
+    license="Apache-2.0 (TencentARC/GFPGAN); architecture in spandrel (MIT)",
+    pack="restore",
+    sources=("sha256 identical in two independent public model manifests (a ComfyUI installer, an app's list)",),
+)
+CODEFORMER_RESTORE = ModelSpec(
+    name="restore/codeformer",
+    filename="restore/codeformer.pth",
+    urls=("https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",),
+    sha256="1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7",
+    size=376_637_898,
+    task="restore",
+    license=(
+        "NTU S-Lab License 1.0: NON-COMMERCIAL use only (sczhou/CodeFormer); architecture in "
+        "spandrel_extra_arches (the package is MIT, the network keeps S-Lab terms)"
+    ),
+    pack="restore",
+    sources=("sha256 and size identical in several independent public manifests (installers, model lists)",),
+)
+RESTOREFORMER_RESTORE = ModelSpec(
+    name="restore/restoreformer",
+    filename="restore/RestoreFormer.pth",
+    urls=("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/RestoreFormer.pth",),
+    sha256=None,
+    size=None,
+    task="restore",
+    license="Apache-2.0 per wzhouxiff/RestoreFormer (not re-checked offline); architecture in spandrel (MIT)",
+    pack="restore",
+    hash_note=NOT_HASHED_OFFLINE,
+)
+GPEN_RESTORE = ModelSpec(
+    name="restore/gpen",
+    filename="restore/GPEN-BFR-512.onnx",
+    # GPEN is in neither spandrel nor spandrel_extra_arches; FaceFusion and ReActor run this ONNX export.
+    urls=(
+        "https://github.com/facefusion/facefusion-assets/releases/download/models/GPEN-BFR-512.onnx",
+        "https://huggingface.co/datasets/Gourieff/ReActor/resolve/main/models/facerestore_models/GPEN-BFR-512.onnx",
+    ),
+    sha256=None,
+    size=None,
+    task="restore",
+    license=(
+        "GPEN (yangxy/GPEN, Alibaba DAMO Academy): released for research; terms not re-checked offline, "
+        "treat as non-commercial"
+    ),
+    pack="restore",
+    hash_note=NOT_HASHED_OFFLINE + " (one public list gives 284,244,491 bytes; not pinned from a single source)",
+)
+
 MESH_PACK = "mesh"  # the embedded default engine: everything `portraitforge models setup` fetches
 
 DEFAULT_REGISTRY = ModelRegistry(
@@ -390,5 +487,11 @@ DEFAULT_REGISTRY = ModelRegistry(
         BISENETV2_FACE_PARSING,
         HAIR_SEGMENTATION,
         YUNET,
+        IP_ADAPTER_FACEID_SD15,
+        IP_ADAPTER_FACEID_SDXL,
+        GFPGAN_RESTORE,
+        CODEFORMER_RESTORE,
+        RESTOREFORMER_RESTORE,
+        GPEN_RESTORE,
     )
 )

@@ -26,8 +26,15 @@ import torch
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.resolve import resolve_identity
 from portraitforge.embeddings_cache.store import IdentityStore
-from portraitforge.errors import BadInputError, OutOfMemoryError, ParameterError, PortraitForgeError
+from portraitforge.errors import (
+    BadInputError,
+    ModelUnavailableError,
+    OutOfMemoryError,
+    ParameterError,
+    PortraitForgeError,
+)
 from portraitforge.models.diffusion import DiffusionModel, LoadOptions, LoraSpec, load_text2image
+from portraitforge.models.diffusion.ip_adapter import LoadedIPAdapter, faceid_embeds, load_faceid_adapter, uses_guidance
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.types import STATUS_SEVERITY, Identity, ImageRGB, RefineReport, Status
 
@@ -172,6 +179,7 @@ class PortraitPipeline:
     model: DiffusionModel
     refiner: RefinePipeline | None = None
     retries: int = 3  # extra seeds tried per image when the draft shows no face
+    id_adapter: LoadedIPAdapter | None = None  # draft-time identity (IP-Adapter FaceID), see `load_id_adapter`
 
     @classmethod
     def from_pretrained(
@@ -191,6 +199,12 @@ class PortraitPipeline:
         specs = tuple(x if isinstance(x, LoraSpec) else LoraSpec.parse(x) for x in loras)
         options = LoadOptions(device=device, dtype=dtype, scheduler=scheduler, loras=specs, **load_options)
         return cls(model=load_text2image(source, options), refiner=refiner, retries=retries)
+
+    def load_id_adapter(self, path: str | Path, scale: float = 0.7) -> LoadedIPAdapter:
+        """Load IP-Adapter FaceID weights into the model: every draft drawn for an identity is then conditioned
+        on its ArcFace embedding (`ARCFACE_SPACE`). Once loaded, drafts need an identity."""
+        self.id_adapter = load_faceid_adapter(self.model.pipe, path, scale, self.model.loras)
+        return self.id_adapter
 
     # --- public calls ---------------------------------------------------------------------------------------
 
@@ -292,6 +306,10 @@ class PortraitPipeline:
     ) -> Iterator[PortraitImage]:
         """Yield each image as soon as it is done, so that front ends can save as they go."""
         resolved = self.load_identity(identity)
+        if self.id_adapter is not None:
+            if resolved is None:
+                raise BadInputError("an IP-Adapter FaceID is loaded: drafts need an identity (--identity)")
+            identity_arcface(resolved)  # fail before drawing anything
         if params.require_face and self.refiner is None:
             raise BadInputError("checking drafts for a face needs a refiner (it holds the face analyzer)")
         injected = list(drafts or [])
@@ -338,7 +356,8 @@ class PortraitPipeline:
         if injected is None:
             seed: int | None = params.attempt_seed(index, attempt_no)
             start = time.perf_counter()
-            draft, nsfw = self.draw(params, int(seed or 0), index, attempt_no, callback)
+            embedding = identity_arcface(identity) if self.id_adapter is not None and identity is not None else None
+            draft, nsfw = self.draw(params, int(seed or 0), index, attempt_no, callback, embedding)
             timings["generate"] = (time.perf_counter() - start) * 1e3
         else:
             seed, draft = None, _check_rgb(injected)
@@ -382,8 +401,25 @@ class PortraitPipeline:
         image_index: int = 0,
         attempt: int = 0,
         callback: ProgressCallback | None = None,
+        id_embedding: np.ndarray | None = None,
     ) -> tuple[ImageRGB, bool | None]:
         """One draft from the model with its own CPU generator: RGB uint8 plus the safety checker's flag."""
+        array, nsfw = self.draw_array(params, seed, image_index, attempt, callback, id_embedding)
+        # Same rounding as diffusers' numpy_to_pil, without the PIL round trip.
+        image = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(image), nsfw
+
+    def draw_array(
+        self,
+        params: GenerationParameters,
+        seed: int,
+        image_index: int = 0,
+        attempt: int = 0,
+        callback: ProgressCallback | None = None,
+        id_embedding: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, bool | None]:
+        """`draw` before quantisation: diffusers' float32 HxWx3 output in 0..1. `id_embedding` (the identity's
+        ArcFace vector) goes to the loaded IP-Adapter FaceID as `ip_adapter_image_embeds`."""
         pipe = self.model.pipe
         # A CPU generator gives the same initial noise on every device (diffusers' reproducibility advice).
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -398,6 +434,12 @@ class PortraitPipeline:
             "num_images_per_prompt": 1,
             "output_type": "np",
         }
+        if self.id_adapter is not None:
+            if id_embedding is None:
+                raise BadInputError("an IP-Adapter FaceID is loaded: drafts need the identity's ArcFace embedding")
+            guided = uses_guidance(pipe, params.guidance)
+            embeds = faceid_embeds(id_embedding, guided, self.model.device, self.model.dtype)
+            kwargs["ip_adapter_image_embeds"] = [embeds]
         if callback is not None and _accepts(pipe, "callback_on_step_end"):
             kwargs["callback_on_step_end"] = _StepCallback(callback, image_index, attempt, seed, params.steps)
         try:
@@ -408,11 +450,9 @@ class PortraitPipeline:
                 f"out of memory drawing {params.width}x{params.height} on {self.model.device}: "
                 "try a smaller --size, --cpu-offload or --vae-tiling"
             ) from None
-        # Same rounding as diffusers' numpy_to_pil, without the PIL round trip.
-        image = np.clip(np.rint(np.asarray(output.images[0], dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
         flags = getattr(output, "nsfw_content_detected", None)
         nsfw = bool(flags[0]) if isinstance(flags, list | tuple) and flags and flags[0] is not None else None
-        return np.ascontiguousarray(image), nsfw
+        return np.asarray(output.images[0], dtype=np.float32), nsfw
 
     def _finish(
         self,
@@ -478,6 +518,7 @@ class PortraitPipeline:
             "sampler": model.sampler_a1111,
             "model": model.describe(),
             "loras": [x.to_dict() for x in model.loras],
+            "id_adapter": self.id_adapter.to_dict() if self.id_adapter is not None else None,
             "refiner": self.refiner.params() if identity is not None and self.refiner is not None else None,
             "identity": {"name": identity.name, "sources": identity.sources} if identity is not None else None,
             "image_index": index,
@@ -502,6 +543,9 @@ class PortraitPipeline:
         if model.loras:
             fields.append(("Lora hashes", ", ".join(f"{Path(x.path).stem}: {x.sha256[:12]}" for x in model.loras)))
             fields.append(("Lora weights", ", ".join(f"{Path(x.path).stem}: {_num(x.weight)}" for x in model.loras)))
+        if self.id_adapter is not None:
+            fields.append(("IP-Adapter", f"{self.id_adapter.kind}: {self.id_adapter.sha256[:12]}"))
+            fields.append(("IP-Adapter scale", _num(self.id_adapter.scale)))
         if identity is not None and self.refiner is not None:
             cfg = self.refiner.config
             fields.append(("Identity", identity.name))
@@ -512,6 +556,20 @@ class PortraitPipeline:
             lines.append(f"Negative prompt: {params.negative_prompt}")
         lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
         return "\n".join(lines)
+
+
+def identity_arcface(identity: Identity) -> np.ndarray:
+    """The identity's ArcFace (buffalo_l w600k_r50) embedding, which IP-Adapter FaceID was trained on. The
+    embedded default engine stores dlib/MobileFaceNet vectors instead: another space, unusable here."""
+    from portraitforge.refiners.detect_insightface import ARCFACE_SPACE
+
+    vector = identity.embeddings.get(ARCFACE_SPACE)
+    if vector is None:
+        raise ModelUnavailableError(
+            f"identity '{identity.name}' has no ArcFace embedding ({ARCFACE_SPACE}), which IP-Adapter FaceID needs: "
+            "run `portraitforge models download --pack buffalo_l` and add the identity again"
+        )
+    return np.asarray(vector, dtype=np.float32)
 
 
 class _StepCallback:

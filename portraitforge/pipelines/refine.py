@@ -37,6 +37,7 @@ from portraitforge.refiners.detect import DlibFaceAnalyzer, select_faces
 from portraitforge.refiners.grade import IdentityGrader, reference_face
 from portraitforge.refiners.quality import QualityThresholds, grade_face, warp_mask_to_frame
 from portraitforge.refiners.resize import fit_to_box, scale_for_output
+from portraitforge.refiners.restore import FaceRestorer
 from portraitforge.refiners.upscale import NoUpscaler, upscale_frame
 from portraitforge.types import (
     Face,
@@ -82,6 +83,7 @@ class RefinePipeline:
     onnx_pool: OnnxSessionPool | None = None  # shared ONNX sessions (insightface/inswapper), reused by with_config
     grader: IdentityGrader | None = None  # a second recogniser the engine never steers with
     detail: DetailKeeper | None = None  # the photo's own fine skin detail on the swapped face
+    restorer: FaceRestorer | None = None  # face restoration on the swapped crop, before blending
     # Embedded engines: the identity's reference crop (enlarged once by `upscaler`) and its mesh, per identity.
     _reference_cache: dict[tuple[str, str, int], Identity] = field(default_factory=dict, init=False, repr=False)
     _grader_cache: dict[tuple[str, str], FloatArray] = field(default_factory=dict, init=False, repr=False)
@@ -116,6 +118,7 @@ class RefinePipeline:
             onnx_pool=pool,
             grader=stages.grader,
             detail=DetailKeeper() if cfg.keep_detail else None,
+            restorer=stages.restorer,
         )
 
     def with_config(self, config: RefineConfig) -> RefinePipeline:
@@ -134,7 +137,7 @@ class RefinePipeline:
         return self.config.model_dump()
 
     def stages(self) -> list[Any]:
-        optional = [stage for stage in (self.detail, self.grader) if stage is not None]
+        optional = [stage for stage in (self.detail, self.grader, self.restorer) if stage is not None]
         return [self.analyzer, self.swapper, self.upscaler, self.adjuster, self.blender, *optional]
 
     def __call__(
@@ -274,6 +277,9 @@ class RefinePipeline:
         face_in_crop = face_to_crop(face, crop.matrix)
         with timer("swap"):
             swapped = self.swapper(crop, face_in_crop, identity, cfg.strength)
+        if self.restorer is not None:
+            with timer("restore"):
+                swapped = replace(swapped, image=self.restorer(swapped.image))
         with timer("adjust"):
             adjusted = self.adjuster(swapped.image, swapped.mask)
         with timer("blend"):

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from portraitforge.refiners.detect import DlibFaceAnalyzer
     from portraitforge.refiners.detect_mesh import Detector
     from portraitforge.refiners.grade import IdentityGrader
+    from portraitforge.refiners.restore import FaceRestorer
 
 __all__ = ["ModelNeed", "Registry", "describe_choices", "build_stages", "missing_models", "identity_analyzers"]
 
@@ -397,9 +398,36 @@ GRADERS: Registry[GraderSpec] = Registry(
 
 
 # ---- restorers (slot) ----------------------------------------------------------------------------------------
-# Face restorers register their RestorerSpec here (and a `restorer` config field picks one); `build_stages` and
-# the pipeline run them after the swap.
-RESTORERS: Registry[RestorerSpec] = Registry(kind="restorer", field=None, entries={})
+def _restorer(name: str) -> RestorerSpec:
+    """A restorer from models/restorers.py: its registry file may be fetched (its licence is in `models list`)."""
+    from portraitforge.models.restorers import RESTORER_KINDS
+
+    kind = RESTORER_KINDS[name]
+
+    def build(config: RefineConfig, models: ModelStore) -> FaceRestorer:
+        from portraitforge.refiners.restore import build_restorer
+
+        restorer = build_restorer(name, config.restore_weight, models)
+        assert restorer is not None  # only "none" builds nothing
+        return restorer
+
+    return RestorerSpec(
+        name=name,
+        summary=f"{kind.architecture}, {kind.size} px",
+        needs=lambda c, m: (ModelNeed(kind.spec.name, fetch=True),),
+        build=build,
+    )
+
+
+# Face restorers run on the aligned crop after the swap and before blending.
+RESTORERS: Registry[RestorerSpec] = Registry(
+    kind="restorer",
+    field="restore",
+    entries={
+        "none": RestorerSpec(name="none", summary="default", build=lambda c, m: None),
+        **{name: _restorer(name) for name in ("gfpgan", "codeformer", "gpen", "restoreformer")},
+    },
+)
 
 
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -443,6 +471,7 @@ class Stages:
     frame_upscaler: Upscaler
     blender: Blender
     grader: IdentityGrader | None
+    restorer: FaceRestorer | None = None
 
 
 def model_needs(config: RefineConfig, models: ModelStore, with_analyzer: bool = True) -> list[ModelNeed]:
@@ -454,6 +483,7 @@ def model_needs(config: RefineConfig, models: ModelStore, with_analyzer: bool = 
     needs += upscaler_spec(config.upscaler).file_needs(config.upscaler)
     needs += upscaler_spec(config.frame_upscaler).file_needs(config.frame_upscaler)
     needs += GRADERS.resolve(config, models).model_needs(config, models)
+    needs += RESTORERS.resolve(config, models).model_needs(config, models)
     return needs
 
 
@@ -489,6 +519,7 @@ def build_stages(
         frame_upscaler=frame,
         blender=BLENDERS.resolve(config, models).from_config(config, models),
         grader=GRADERS.resolve(config, models).from_config(config, models, analyzer),
+        restorer=RESTORERS.resolve(config, models).from_config(config, models),
     )
 
 
