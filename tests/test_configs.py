@@ -10,7 +10,9 @@ from portraitforge.config import CONFIGS_DIR, RefineConfig
 from portraitforge.errors import BadInputError, ParameterError
 
 PRESETS = sorted(
-    p.name.removesuffix(".yaml") for p in CONFIGS_DIR.iterdir() if p.name.endswith(".yaml") and p.name != "batch_example.yaml"
+    p.name.removesuffix(".yaml")
+    for p in CONFIGS_DIR.iterdir()
+    if p.name.endswith(".yaml") and p.name != "batch_example.yaml"
 )
 
 
