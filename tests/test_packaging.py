@@ -111,3 +111,21 @@ def test_wheel_in_a_clean_venv_swaps_a_photo_with_a_preset(
     target = load_image(astronaut_path).rgb
     assert result.shape == target.shape
     assert (result != target).any(axis=2).mean() > 0.005, "the face was not changed"
+
+
+def test_swap_never_imports_the_generate_extra(tmp_path: Path, hanks_path: Path, astronaut_path: Path) -> None:
+    """Even where diffusers is installed, a swap does not import it (nor transformers, peft, accelerate)."""
+    out = tmp_path / "out.png"
+    code = (
+        "import atexit, json, sys;"
+        "atexit.register(lambda: print('MODULES', json.dumps(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'diffusers', 'transformers', 'peft', 'accelerate'})), file=sys.stderr));"
+        f"sys.argv = ['portraitforge', 'swap', {str(astronaut_path)!r}, '--identity', {str(hanks_path)!r},"
+        f" '-o', {str(out)!r}];"
+        "from portraitforge.cli import main; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file()
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("MODULES ")]
+    assert json.loads(line.removeprefix("MODULES ")) == []

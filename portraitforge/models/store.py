@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 from filelock import FileLock
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns inside notebooks without ipywidgets
 
 from portraitforge import __version__
 from portraitforge.errors import BadInputError, ModelUnavailableError
