@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +22,20 @@ from portraitforge.pipelines.stage_registry import (
 )
 from portraitforge.refiners.resize import Resolution
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The presets are configs/ at the repo root, shipped as the package data of `portraitforge.presets`
+# (pyproject.toml maps that package to configs/), so a wheel finds them exactly as a checkout does.
+PRESETS_PACKAGE = "portraitforge.presets"
+
+
+def presets_dir() -> Traversable:
+    """The folder of preset YAML files, wherever the package is installed from."""
+    try:
+        return importlib.resources.files(PRESETS_PACKAGE)
+    except ModuleNotFoundError:  # a source tree on PYTHONPATH that was never installed
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIGS_DIR = presets_dir()
 
 
 class RefineConfig(BaseModel):
@@ -140,9 +155,9 @@ class RefineConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> RefineConfig:
-        """Load a preset file (or a name from `configs/`), then apply `overrides`."""
-        p = Path(path)
-        if not p.exists() and (CONFIGS_DIR / f"{path}.yaml").exists():
+        """Load a preset file (or a preset name: a file of `configs/`), then apply `overrides`."""
+        p: Path | Traversable = Path(path)
+        if not Path(path).exists() and (CONFIGS_DIR / f"{path}.yaml").is_file():
             p = CONFIGS_DIR / f"{path}.yaml"
         try:
             data = yaml.safe_load(p.read_text()) or {}

@@ -30,3 +30,11 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.astronaut())
+
+
+def skimage_image(name: str = "astronaut.png") -> Path:
+    """A photo file shipped in the scikit-image wheel (`astronaut.png`: Eileen Collins, one face)."""
+    path = _package_dir("skimage") / "data" / name
+    if not path.is_file():
+        raise ModelUnavailableError(f"sample image not found in the scikit-image wheel: {path}")
+    return path

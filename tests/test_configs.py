@@ -9,7 +9,11 @@ import pytest
 from portraitforge.config import CONFIGS_DIR, RefineConfig
 from portraitforge.errors import BadInputError, ParameterError
 
-PRESETS = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if p.stem != "batch_example")
+PRESETS = sorted(
+    p.name.removesuffix(".yaml")
+    for p in CONFIGS_DIR.iterdir()
+    if p.name.endswith(".yaml") and p.name != "batch_example.yaml"
+)
 
 
 def test_presets_exist() -> None:

@@ -25,7 +25,7 @@ from portraitforge.models.registry import (
     ModelRegistry,
     ModelSpec,
 )
-from portraitforge.models.store import ModelStore, default_models_dir
+from portraitforge.models.store import HubFile, ModelStore, default_models_dir
 
 # ---- a local file server with Range support and scripted failures --------------------------------
 
@@ -36,12 +36,30 @@ class ServerState:
     truncate_once: set[str] = field(default_factory=set)  # send half the body, then drop the connection
     ignore_range: bool = False
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    heads: list[str] = field(default_factory=list)  # HEAD requests: huggingface_hub asks for metadata first
 
 
 def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:  # keep pytest output clean
             pass
+
+        def send_hub_headers(self, body: bytes) -> None:
+            """What a Hub `resolve` URL answers with (huggingface_hub refuses a file without them)."""
+            if "/resolve/" in self.path:
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", f'"{_sha(body)}"')
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server API
+            state.heads.append(self.path)
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_hub_headers(body)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             rng = self.headers.get("Range")
@@ -64,6 +82,7 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_response(200)
             payload = body[start:]
+            self.send_hub_headers(body)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.path in state.truncate_once:
@@ -105,10 +124,11 @@ PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MB, several read chunks
 
 
 def _spec(base: str, data: bytes = PAYLOAD, name: str = "tiny", **kw: object) -> ModelSpec:
+    urls = kw.pop("urls", (f"{base}/{name}.onnx",))
     return ModelSpec(
         name=name,
         filename=f"{name}.onnx",
-        urls=(f"{base}/{name}.onnx",),
+        urls=urls,  # type: ignore[arg-type]
         sha256=_sha(data),
         size=len(data),
         task="test",
@@ -254,6 +274,80 @@ def test_mirror_is_tried_first(tmp_path: Path, server: tuple[str, ServerState]) 
     store = _store(tmp_path, _spec(_closed_port_url()), mirror=f"{base}/mirror/")
     assert store.ensure("tiny").read_bytes() == PAYLOAD
     assert state.requests[0][0] == "/mirror/tiny.onnx"
+
+
+# ---- Hub-hosted entries go through huggingface_hub ---------------------------------------------------
+
+HUB_PATH = "/org/tiny-model/resolve/0123abcd/onnx/tiny.onnx"
+
+
+def test_hub_urls_are_parsed_and_every_registry_hub_url_takes_the_hub_path() -> None:
+    hub = HubFile.from_url("https://huggingface.co/org/repo/resolve/main/models/a%20b.onnx", "https://huggingface.co")
+    assert hub == HubFile("org/repo", "main", "models/a b.onnx")
+    assert HubFile.from_url("https://github.com/org/repo/releases/download/v1/a.onnx", "https://huggingface.co") is None
+    assert HubFile.from_url("https://huggingface.co/org/repo/blob/main/a.onnx", "https://huggingface.co") is None
+    hub_urls = [u for s in DEFAULT_REGISTRY for u in s.urls if u.startswith("https://huggingface.co/")]
+    assert hub_urls, "the registry has Hub-hosted entries"
+    assert all(HubFile.from_url(u, "https://huggingface.co") is not None for u in hub_urls)
+
+
+def test_hub_entry_is_fetched_with_huggingface_hub_and_verified(
+    tmp_path: Path, server: tuple[str, ServerState]
+) -> None:
+    base, state = server
+    state.files[HUB_PATH] = PAYLOAD
+    seen: list[tuple[str, int, int | None]] = []
+    spec = _spec(base, urls=(base + HUB_PATH,))
+    store = _store(tmp_path, spec, hub_endpoint=base, progress=lambda *a: seen.append(a))
+    path = store.ensure("tiny")
+    assert path.read_bytes() == PAYLOAD
+    assert json.loads(path.with_name("tiny.onnx.verified").read_text())["sha256"] == _sha(PAYLOAD)
+    assert HUB_PATH in state.heads  # the Hub client's metadata request: the plain client never sends HEAD
+    assert seen and seen[-1] == ("tiny.onnx", len(PAYLOAD), len(PAYLOAD))
+    assert not any((store.root / ".downloads" / "hub").iterdir())  # the staging copy is gone
+    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == [
+        "tiny.onnx",
+        "tiny.onnx.lock",
+        "tiny.onnx.verified",
+    ]
+
+
+def test_hub_entry_with_wrong_content_leaves_no_file(tmp_path: Path, server: tuple[str, ServerState]) -> None:
+    base, state = server
+    state.files[HUB_PATH] = b"x" * len(PAYLOAD)
+    store = _store(tmp_path, _spec(base, urls=(base + HUB_PATH,)), hub_endpoint=base)
+    with pytest.raises(ModelUnavailableError) as err:
+        store.ensure("tiny")
+    assert "sha256 mismatch" in str(err.value) and "\n" not in str(err.value)
+    assert not (store.root / "tiny.onnx").exists() and not (store.root / "tiny.onnx.part").exists()
+
+
+def test_hub_download_cut_off_resumes_with_range(
+    tmp_path: Path, server: tuple[str, ServerState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    # huggingface_hub reads 10 MB chunks; with smaller ones the cut-off transfer keeps what it received.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    base, state = server
+    state.files[HUB_PATH] = PAYLOAD
+    state.truncate_once.add(HUB_PATH)
+    store = _store(tmp_path, _spec(base, urls=(base + HUB_PATH,)), hub_endpoint=base)
+    assert store.ensure("tiny").read_bytes() == PAYLOAD
+    ranges = [rng for path, rng in state.requests if path == HUB_PATH]
+    assert ranges[0] is None and ranges[-1] is not None
+    resumed_at = int(ranges[-1].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at < len(PAYLOAD)
+
+
+def test_unreachable_hub_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    base = _closed_port_url()
+    store = _store(tmp_path, _spec(base, urls=(base + HUB_PATH,)), hub_endpoint=base)
+    with pytest.raises(ModelUnavailableError) as err:
+        store.ensure("tiny")
+    msg = str(err.value)
+    assert "\n" not in msg and "tiny.onnx" in msg and "org/tiny-model@0123abcd" in msg
+    assert not (store.root / "tiny.onnx").exists()
 
 
 def test_archive_fallback_extracts_the_pack(tmp_path: Path, server: tuple[str, ServerState]) -> None:

