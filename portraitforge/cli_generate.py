@@ -25,10 +25,10 @@ from portraitforge.cli_common import fail, one_line_errors, stderr_is_tty
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import ParameterError
-from portraitforge.imageio import save_image
 from portraitforge.paths import default_log_path
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.pipelines.refine_files import append_log
+from portraitforge.provenance.stamp import ProvenanceOptions, write_output
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
 if TYPE_CHECKING:  # torch/diffusers are imported when `generate` runs, so other commands start fast
@@ -94,13 +94,27 @@ class _Bar:
         self.bar.close()
 
 
-def _save(path: Path, image: Any, metadata: dict[str, Any], parameters: str) -> str:
-    save_image(path, image, metadata=metadata, text_chunks={"parameters": parameters})
-    return str(path)
+def _save(
+    path: Path, image: Any, metadata: dict[str, Any], parameters: str, provenance: ProvenanceOptions, composite: bool
+) -> tuple[str, dict[str, Any]]:
+    """Watermarked, C2PA-signed when a signer is configured (portraitforge/provenance), written atomically."""
+    stamped = write_output(
+        path,
+        image,
+        "generate",
+        provenance,
+        metadata=metadata,
+        text_chunks={"parameters": parameters},
+        composite=composite,
+    )
+    return str(path), stamped.record
 
 
-def _write_result(result: PortraitImage, out_dir: Path, refined: bool) -> dict[str, Any]:
+def _write_result(
+    result: PortraitImage, out_dir: Path, refined: bool, provenance: ProvenanceOptions | None = None
+) -> dict[str, Any]:
     """Save one image's files; returns its report entry."""
+    provenance = provenance or ProvenanceOptions()
     record = result.to_dict()
     drafts: list[str | None] = []
     for attempt in result.attempts:
@@ -109,11 +123,19 @@ def _write_result(result: PortraitImage, out_dir: Path, refined: bool) -> dict[s
             drafts.append(None)  # the accepted draft is the result itself, written below
             continue
         name = f"{result.index:03d}-{attempt.seed}-draft.png"
-        drafts.append(_save(out_dir / "drafts" / name, attempt.draft, attempt.metadata, attempt.parameters_text))
+        draft_path, _ = _save(
+            out_dir / "drafts" / name, attempt.draft, attempt.metadata, attempt.parameters_text, provenance, False
+        )
+        drafts.append(draft_path)
     output: str | None = None
     if result.image is not None:
-        output = _save(
-            out_dir / f"{result.index:03d}-{result.seed}.png", result.image, result.metadata, result.parameters_text
+        output, record["provenance"] = _save(
+            out_dir / f"{result.index:03d}-{result.seed}.png",
+            result.image,
+            result.metadata,
+            result.parameters_text,
+            provenance,
+            composite=refined,  # a refined portrait has a swapped-in face; an unrefined one is all model-made
         )
     for entry, path in zip(record["attempts"], drafts, strict=True):
         entry["draft"] = path if path is not None else output
@@ -179,6 +201,9 @@ def generate(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Step progress bar (on a terminal).")
     ] = True,
+    watermark: Annotated[
+        bool | None, typer.Option("--watermark/--no-watermark", help="Invisible watermark (default on).")
+    ] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
@@ -190,7 +215,8 @@ def generate(
         try:
             width, height = parse_size(size) if size else (None, None)
             loras = tuple(LoraSpec.parse(x) for x in lora or [])
-            overrides = {k: v for k, v in {"strength": strength, "blend": blend}.items() if v is not None}
+            chosen = {"strength": strength, "blend": blend, "watermark": watermark}
+            overrides = {k: v for k, v in chosen.items() if v is not None}
             refine_cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
             options = LoadOptions(
                 device=device,
@@ -237,7 +263,9 @@ def generate(
             t1 = time.perf_counter()
             try:
                 for result in pipe.iter_images(params, resolved, bar):
-                    record = _write_result(result, output, refined=resolved is not None)
+                    record = _write_result(
+                        result, output, resolved is not None, ProvenanceOptions.from_config(refine_cfg)
+                    )
                     records.append(record)
                     if resolved is not None and resolved.cache_hit and record["output"]:
                         store.audit(resolved, "generate", record["output"])

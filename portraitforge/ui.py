@@ -25,6 +25,7 @@ import numpy as np
 
 from portraitforge.config import RefineConfig
 from portraitforge.errors import BadInputError, PortraitForgeError
+from portraitforge.provenance.stamp import ProvenanceOptions, mark_pixels
 from portraitforge.types import Identity, ImageRGB, Status
 
 if TYPE_CHECKING:  # gradio, torch and diffusers are imported when the app is built or a model is loaded
@@ -278,7 +279,10 @@ def run_swap(
         line = status_line(report.status, report.message)
         if result.image is None:
             return None, None, report_dict, line
-        return result.image, comparison(target_rgb, identity, result.image), report_dict, line
+        options = ProvenanceOptions.from_config(cfg)  # every image the UI hands out carries the watermark
+        image, report_dict["provenance"] = mark_pixels(result.image, "ui", options)
+        sheet = mark_pixels(comparison(target_rgb, identity, result.image), "ui", options)[0]
+        return image, sheet, report_dict, line
     status = failure.get("status", Status.INTERNAL)
     message = failure.get("message", "unknown failure")
     return None, None, _failure(status, message), status_line(status, message)
@@ -346,7 +350,12 @@ def run_generate(
             "model": out.model,
             "image": first.to_dict(),
         }
-        return first.image, first.draft, report, status_line(first.status, f"seed {first.seed}: {first.message}")
+        image, draft, options = first.image, first.draft, ProvenanceOptions.from_config(cfg)
+        if image is not None:
+            image, report["provenance"] = mark_pixels(image, "ui", options)
+        if draft is not None:
+            draft = mark_pixels(draft, "ui", options)[0]
+        return image, draft, report, status_line(first.status, f"seed {first.seed}: {first.message}")
     status = failure.get("status", Status.INTERNAL)
     message = failure.get("message", "unknown failure")
     return None, None, _failure(status, message), status_line(status, message)

@@ -46,7 +46,9 @@ class SignerConfig:
         if cert is None and key is None:
             return None
         if cert is None or key is None:
-            raise BadInputError(f"C2PA signing needs both a certificate chain and a private key ({CERT_ENV}, {KEY_ENV})")
+            raise BadInputError(
+                f"C2PA signing needs both a certificate chain and a private key ({CERT_ENV}, {KEY_ENV})"
+            )
         if alg not in ALGORITHMS:
             raise BadInputError(f"C2PA algorithm '{alg}' is not supported (use es256 or ps256)")
         return cls(Path(cert).expanduser(), Path(key).expanduser(), alg)
@@ -189,7 +191,9 @@ def verify(path: Path) -> CredentialsReport:
         text = str(exc)
         if "ManifestNotFound" in type(exc).__name__ or "no JUMBF" in text or "not found" in text.lower():
             return CredentialsReport("missing", "no C2PA manifest")
-        return CredentialsReport("invalid", f"unreadable manifest: {text.splitlines()[0] if text else type(exc).__name__}")
+        return CredentialsReport(
+            "invalid", f"unreadable manifest: {text.splitlines()[0] if text else type(exc).__name__}"
+        )
     active = store.get("manifests", {}).get(store.get("active_manifest", ""), None)
     results = store.get("validation_results", {}).get("activeManifest", {})
     failures = [f.get("code", "") for f in results.get("failure", [])]

@@ -115,7 +115,21 @@ def stamp_image(
     return Stamped(data, record)
 
 
-def write_output(path: str | os.PathLike[str], rgb: ImageRGB, operation: str, options: ProvenanceOptions, **kwargs: Any) -> Stamped:
+def mark_pixels(rgb: ImageRGB, operation: str, options: ProvenanceOptions) -> tuple[ImageRGB, dict[str, Any]]:
+    """Watermark only, for outputs handed over as pixels (the UI: gradio encodes the file itself, so no C2PA
+    manifest can be attached there; use the CLI or batch with a signer for signed files)."""
+    payload = WatermarkPayload.new(operation)
+    record = {
+        **payload.to_dict(),
+        "watermark": "embedded" if options.watermark else "off (--no-watermark)",
+        "c2pa": "none: the UI hands pixels to gradio, which writes the file",
+    }
+    return (embed(rgb, payload) if options.watermark else rgb), record
+
+
+def write_output(
+    path: str | os.PathLike[str], rgb: ImageRGB, operation: str, options: ProvenanceOptions, **kwargs: Any
+) -> Stamped:
     """`stamp_image` then an atomic write (temp file + fsync + rename), like `imageio.save_image`."""
     target = Path(path)
     stamped = stamp_image(rgb, output_format_for(target), operation, options, title=target.name, **kwargs)
