@@ -110,34 +110,41 @@ def _cr(rgb: np.ndarray) -> np.ndarray:
     return 0.5 * r - 0.418688 * g - 0.081312 * b  # JFIF Cr without the +128 offset
 
 
-def _inner_means(cr: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Mean of the inner half (BLOCK/2 square, centred) of each block: the statistic the decoder measures."""
+def _inner_cr_means(blocks: np.ndarray) -> np.ndarray:
+    """Mean Cr of the inner half (BLOCK/2 square, centred) of each block: the statistic the decoder measures.
+    `blocks` is (rows, BLOCK, cols, BLOCK, 3)."""
     q = BLOCK // 4
-    blocks = cr[: rows * BLOCK, : cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK)
-    return blocks[:, q : BLOCK - q, :, q : BLOCK - q].mean(axis=(1, 3))
+    inner = blocks[:, q : BLOCK - q, :, q : BLOCK - q].astype(np.float32)
+    return _cr(inner).mean(axis=(1, 3))
 
 
 def embed(rgb: ImageRGB, payload: WatermarkPayload) -> ImageRGB:
     """Return a watermarked copy (uint8 RGB). Images under one block per side are returned unchanged."""
     h, w = rgb.shape[:2]
     rows, cols = h // BLOCK, w // BLOCK
+    out = np.array(rgb, dtype=np.uint8, copy=True)
     if rows == 0 or cols == 0:
-        return rgb.copy()
+        return out
     frame = encode_frame(payload).reshape(TILE, TILE)
-    bits = np.tile(frame, (rows // TILE + 1, cols // TILE + 1))[:rows, :cols].astype(np.float64)
-    dither = bits * STEP / 2
-    work = rgb.astype(np.float64)
-    out = rgb
+    bits = np.tile(frame, (rows // TILE + 1, cols // TILE + 1))[:rows, :cols].astype(np.float32)
+    dither = bits * (STEP / 2)
+    # A view of the covered area as (rows, BLOCK, cols, BLOCK, 3): offsets broadcast per block, no full-size field.
+    blocks = out[: rows * BLOCK, : cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK, 3)
+    base = blocks.astype(np.float32)
+    # Blocks that are mostly blown out (white or black in R or G) are left alone: there the Cr offset could only
+    # be bought by pushing the one channel that is not clipped much harder (a white background costs 2 dB).
+    # The decoder does not need them: every bit is repeated in every tile and decoded by soft majority.
+    q = BLOCK // 4
+    inner_rg = blocks[:, q : BLOCK - q, :, q : BLOCK - q, :2]
+    clipped = ((inner_rg <= 2) | (inner_rg >= 253)).any(axis=-1).mean(axis=(1, 3)) > 0.5
+    total = np.zeros((rows, cols), np.float32)
     # Two passes: the second corrects what clipping at 0/255 and rounding took from the first.
     for _ in range(2):
-        means = _inner_means(_cr(work), rows, cols)
-        delta = np.round((means - dither) / STEP) * STEP + dither - means
-        field = np.zeros((h, w))
-        field[: rows * BLOCK, : cols * BLOCK] = np.kron(delta, np.ones((BLOCK, BLOCK)))
-        work[..., 0] += _CR_TO_R * field
-        work[..., 1] += _CR_TO_G * field
-        out = np.clip(np.rint(work), 0, 255).astype(np.uint8)
-        work = out.astype(np.float64)
+        means = _inner_cr_means(blocks)
+        total += np.where(clipped, 0.0, np.round((means - dither) / STEP) * STEP + dither - means)
+        shift = total[:, None, :, None]
+        blocks[..., 0] = np.clip(np.rint(base[..., 0] + _CR_TO_R * shift), 0, 255)
+        blocks[..., 1] = np.clip(np.rint(base[..., 1] + _CR_TO_G * shift), 0, 255)
     return out
 
 
