@@ -28,6 +28,7 @@ from portraitforge.errors import ParameterError
 from portraitforge.paths import default_log_path
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.pipelines.refine_files import append_log
+from portraitforge.provenance.nsfw import NsfwGate
 from portraitforge.provenance.stamp import ProvenanceOptions, write_output
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
@@ -111,10 +112,15 @@ def _save(
 
 
 def _write_result(
-    result: PortraitImage, out_dir: Path, refined: bool, provenance: ProvenanceOptions | None = None
+    result: PortraitImage,
+    out_dir: Path,
+    refined: bool,
+    provenance: ProvenanceOptions | None = None,
+    gate: NsfwGate | None = None,
 ) -> dict[str, Any]:
-    """Save one image's files; returns its report entry."""
+    """Save one image's files; returns its report entry. The NSFW gate (when on) checks the portrait first."""
     provenance = provenance or ProvenanceOptions()
+    image = result.image if gate is None or result.image is None else gate.check_output(result.image)
     record = result.to_dict()
     drafts: list[str | None] = []
     for attempt in result.attempts:
@@ -128,10 +134,10 @@ def _write_result(
         )
         drafts.append(draft_path)
     output: str | None = None
-    if result.image is not None:
+    if image is not None:
         output, record["provenance"] = _save(
             out_dir / f"{result.index:03d}-{result.seed}.png",
-            result.image,
+            image,
             result.metadata,
             result.parameters_text,
             provenance,
@@ -140,6 +146,8 @@ def _write_result(
     for entry, path in zip(record["attempts"], drafts, strict=True):
         entry["draft"] = path if path is not None else output
     record["output"] = output
+    if gate is not None and output is not None:
+        record["provenance"]["nsfw"] = gate.report()
     return record
 
 
@@ -204,6 +212,10 @@ def generate(
     watermark: Annotated[
         bool | None, typer.Option("--watermark/--no-watermark", help="Invisible watermark (default on).")
     ] = None,
+    nsfw_check: Annotated[
+        bool | None, typer.Option("--nsfw-check/--no-nsfw-check", help="NSFW gate on the portrait (extra: nsfw).")
+    ] = None,
+    nsfw_policy: Annotated[str | None, typer.Option(help="NSFW gate policy: refuse | blur | flag.")] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
@@ -215,7 +227,13 @@ def generate(
         try:
             width, height = parse_size(size) if size else (None, None)
             loras = tuple(LoraSpec.parse(x) for x in lora or [])
-            chosen = {"strength": strength, "blend": blend, "watermark": watermark}
+            chosen = {
+                "strength": strength,
+                "blend": blend,
+                "watermark": watermark,
+                "nsfw_check": nsfw_check,
+                "nsfw_policy": nsfw_policy,
+            }
             overrides = {k: v for k, v in chosen.items() if v is not None}
             refine_cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
             options = LoadOptions(
@@ -263,9 +281,9 @@ def generate(
             t1 = time.perf_counter()
             try:
                 for result in pipe.iter_images(params, resolved, bar):
-                    record = _write_result(
-                        result, output, resolved is not None, ProvenanceOptions.from_config(refine_cfg)
-                    )
+                    provenance = ProvenanceOptions.from_config(refine_cfg)
+                    gate = NsfwGate.from_config(refine_cfg)
+                    record = _write_result(result, output, resolved is not None, provenance, gate)
                     records.append(record)
                     if resolved is not None and resolved.cache_hit and record["output"]:
                         store.audit(resolved, "generate", record["output"])

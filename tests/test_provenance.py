@@ -278,3 +278,30 @@ def test_nudenet_is_not_imported_unless_enabled(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_generate_output_is_watermarked_and_signed_as_trained_media(tmp_path: Path, signer: SignerFiles) -> None:
+    """A real (tiny, random-weight) Stable Diffusion run: the portrait is generated, not swapped."""
+    from diffusion_fixtures import save_tiny
+
+    tiny = save_tiny(tmp_path / "tiny", "sd")
+    env = {
+        **os.environ,
+        "PORTRAITFORGE_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "PORTRAITFORGE_C2PA_CERT": str(signer.chain),
+        "PORTRAITFORGE_C2PA_KEY": str(signer.key),
+    }
+    args = ["generate", "a portrait", "--model", str(tiny), "--seed", "3", "--steps", "2", "--size", "256x256"]
+    done = _cli([*args, "-o", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out" / "000-3.png"
+    inspected = _cli(["inspect", str(out), "--json"], env)
+    assert inspected.returncode == 0, inspected.stderr
+    report = json.loads(inspected.stdout)
+    assert report["c2pa"]["state"] == "valid"
+    assert report["c2pa"]["digital_source_type"] == "trainedAlgorithmicMedia"
+    assert report["watermark"]["operation"] == "generate"
+    assert report["watermark"]["output_id"] == report["metadata"]["provenance"]["output_id"]
+    assert report["log_entries"] and report["log_entries"][0]["command"] == "generate"
