@@ -2,10 +2,11 @@
 
 Why not `imwatermark` as-is: its DWT-DCT and DWT-DCT-SVD methods (the SDXL reference) lay the bits out in
 row-major order over the whole image and quantise the largest AC coefficient of each block. A crop moves that
-row-major index, a resize moves the coefficient, and JPEG q75 flips it: on ../shared/faces they decoded 0/10
-after JPEG q75, 0.5x resize and a 10% crop, and dwtDct only 6/10 as written (benchmarks/bench_provenance.py
-reruns that comparison). So this module keeps their idea (quantisation-index modulation of a low-frequency
-block statistic, in chroma where the eye is least sensitive) and changes what makes it fragile:
+row-major index, a resize moves the coefficient, and JPEG q75 flips it: on the 30 corpus photos they decoded
+0-7% after JPEG q75, a 0.5x resize, a 10% crop or PNG->WebP, and dwtDct 63% as written
+(benchmarks/bench_provenance.py reruns that comparison). So this module keeps their idea (quantisation-index
+modulation of a low-frequency block statistic, in chroma where the eye is least sensitive) and changes what
+makes it fragile:
 
 - the statistic is the mean of the *inner half* of a 16x16 block of Cr (the DC term of a DWT-LL / DCT block),
   which JPEG, WebP and Lanczos/area resizing all preserve, and which block-edge blur does not reach;
