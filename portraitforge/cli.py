@@ -57,6 +57,9 @@ cli_identity.register(app)
 from portraitforge import cli_ui  # noqa: E402
 
 cli_ui.register(app)
+from portraitforge.provenance import cli as provenance_cli  # noqa: E402
+
+provenance_cli.register(app)
 # --- end of registration ---
 
 

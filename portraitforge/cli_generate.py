@@ -25,10 +25,11 @@ from portraitforge.cli_common import fail, one_line_errors, stderr_is_tty
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import ParameterError
-from portraitforge.imageio import save_image
 from portraitforge.paths import default_log_path
 from portraitforge.pipelines.refine import RefinePipeline
 from portraitforge.pipelines.refine_files import append_log
+from portraitforge.provenance.nsfw import NsfwGate
+from portraitforge.provenance.stamp import ProvenanceOptions, write_output
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
 if TYPE_CHECKING:  # torch/diffusers are imported when `generate` runs, so other commands start fast
@@ -94,13 +95,32 @@ class _Bar:
         self.bar.close()
 
 
-def _save(path: Path, image: Any, metadata: dict[str, Any], parameters: str) -> str:
-    save_image(path, image, metadata=metadata, text_chunks={"parameters": parameters})
-    return str(path)
+def _save(
+    path: Path, image: Any, metadata: dict[str, Any], parameters: str, provenance: ProvenanceOptions, composite: bool
+) -> tuple[str, dict[str, Any]]:
+    """Watermarked, C2PA-signed when a signer is configured (portraitforge/provenance), written atomically."""
+    stamped = write_output(
+        path,
+        image,
+        "generate",
+        provenance,
+        metadata=metadata,
+        text_chunks={"parameters": parameters},
+        composite=composite,
+    )
+    return str(path), stamped.record
 
 
-def _write_result(result: PortraitImage, out_dir: Path, refined: bool) -> dict[str, Any]:
-    """Save one image's files; returns its report entry."""
+def _write_result(
+    result: PortraitImage,
+    out_dir: Path,
+    refined: bool,
+    provenance: ProvenanceOptions | None = None,
+    gate: NsfwGate | None = None,
+) -> dict[str, Any]:
+    """Save one image's files; returns its report entry. The NSFW gate (when on) checks the portrait first."""
+    provenance = provenance or ProvenanceOptions()
+    image = result.image if gate is None or result.image is None else gate.check_output(result.image)
     record = result.to_dict()
     drafts: list[str | None] = []
     for attempt in result.attempts:
@@ -109,15 +129,25 @@ def _write_result(result: PortraitImage, out_dir: Path, refined: bool) -> dict[s
             drafts.append(None)  # the accepted draft is the result itself, written below
             continue
         name = f"{result.index:03d}-{attempt.seed}-draft.png"
-        drafts.append(_save(out_dir / "drafts" / name, attempt.draft, attempt.metadata, attempt.parameters_text))
+        draft_path, _ = _save(
+            out_dir / "drafts" / name, attempt.draft, attempt.metadata, attempt.parameters_text, provenance, False
+        )
+        drafts.append(draft_path)
     output: str | None = None
-    if result.image is not None:
-        output = _save(
-            out_dir / f"{result.index:03d}-{result.seed}.png", result.image, result.metadata, result.parameters_text
+    if image is not None:
+        output, record["provenance"] = _save(
+            out_dir / f"{result.index:03d}-{result.seed}.png",
+            image,
+            result.metadata,
+            result.parameters_text,
+            provenance,
+            composite=refined,  # a refined portrait has a swapped-in face; an unrefined one is all model-made
         )
     for entry, path in zip(record["attempts"], drafts, strict=True):
         entry["draft"] = path if path is not None else output
     record["output"] = output
+    if gate is not None and output is not None:
+        record["provenance"]["nsfw"] = gate.report()
     return record
 
 
@@ -195,6 +225,13 @@ def generate(
             help="Best-of-N: draw -n candidates, refine them, keep the K the grader ranks highest (needs --identity).",
         ),
     ] = None,
+    watermark: Annotated[
+        bool | None, typer.Option("--watermark/--no-watermark", help="Invisible watermark (default on).")
+    ] = None,
+    nsfw_check: Annotated[
+        bool | None, typer.Option("--nsfw-check/--no-nsfw-check", help="NSFW gate on the portrait (extra: nsfw).")
+    ] = None,
+    nsfw_policy: Annotated[str | None, typer.Option(help="NSFW gate policy: refuse | blur | flag.")] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
@@ -206,7 +243,14 @@ def generate(
         try:
             width, height = parse_size(size) if size else (None, None)
             loras = tuple(LoraSpec.parse(x) for x in lora or [])
-            overrides = {k: v for k, v in {"strength": strength, "blend": blend}.items() if v is not None}
+            chosen = {
+                "strength": strength,
+                "blend": blend,
+                "watermark": watermark,
+                "nsfw_check": nsfw_check,
+                "nsfw_policy": nsfw_policy,
+            }
+            overrides = {k: v for k, v in chosen.items() if v is not None}
             refine_cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
             options = LoadOptions(
                 device=device,
@@ -276,8 +320,10 @@ def generate(
                     if len(kept) < keep:  # too few usable candidates: their failure sets the exit code
                         failed = [x.status for x in scores if not x.kept]
                         worst = max([worst, *failed], key=STATUS_SEVERITY.__getitem__)
+                provenance = ProvenanceOptions.from_config(refine_cfg)
+                gate = NsfwGate.from_config(refine_cfg)
                 for result in results:
-                    record = _write_result(result, output, refined=resolved is not None)
+                    record = _write_result(result, output, resolved is not None, provenance, gate)
                     records.append(record)
                     written += sorted(
                         {a["draft"] for a in record["attempts"] if a["draft"]} | {record["output"]} - {None}

@@ -68,6 +68,9 @@ def swap(
     pixel_boost: int | None = typer.Option(None, help="inswapper: 128 px tiles per side, 0 = auto."),
     gender: str | None = typer.Option(None, help="insightface: refine only faces of this gender (female|male)."),
     models_dir: str | None = typer.Option(None, help="Model store directory."),
+    watermark: bool | None = typer.Option(None, "--watermark/--no-watermark", help="Invisible watermark (default on)."),
+    nsfw_check: bool | None = typer.Option(None, "--nsfw-check/--no-nsfw-check", help="NSFW gate (extra: nsfw)."),
+    nsfw_policy: str | None = typer.Option(None, help="NSFW gate policy: refuse | blur | flag."),
 ) -> None:
     """Swap the face(s) in TARGET images to IDENTITY and blend them seamlessly."""
     with one_line_errors():
@@ -93,6 +96,9 @@ def swap(
             pixel_boost=pixel_boost,
             gender=gender,
             models_dir=models_dir,
+            watermark=watermark,
+            nsfw_check=nsfw_check,
+            nsfw_policy=nsfw_policy,
         )
         cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
         if cfg.select == "reference" and reference is None:

@@ -107,6 +107,18 @@ class RefineConfig(BaseModel):
         "enlarged its source pixels more than 1.25x",
     )
 
+    # Provenance (portraitforge/provenance): every output is watermarked and, with a signer, C2PA-signed.
+    watermark: bool = Field(True, description="invisible watermark (tool, operation, output id) on every output")
+    c2pa_cert: str | None = Field(
+        None, description="C2PA signing certificate chain, PEM (default $PORTRAITFORGE_C2PA_CERT; none: no manifest)"
+    )
+    c2pa_key: str | None = Field(None, description="C2PA private key, PEM (default $PORTRAITFORGE_C2PA_KEY)")
+    c2pa_alg: Literal["es256", "ps256"] | None = Field(None, description="C2PA signature algorithm (default es256)")
+    nsfw_check: bool = Field(False, description="NSFW gate on target, identity and output (extra: nsfw)")
+    nsfw_policy: Literal["refuse", "blur", "flag"] = Field(
+        "refuse", description="NSFW gate: refuse (no output), blur the detected regions, or flag in the report"
+    )
+
     @field_validator("resolution")
     @classmethod
     def _check_resolution(cls, value: str) -> str:

@@ -212,6 +212,7 @@ class RefineReport:
     identity_cache_hit: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)  # output id, watermark, C2PA, NSFW gate
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -225,6 +226,7 @@ class RefineReport:
             "faces": [f.to_dict() for f in self.faces],
             "warnings": self.warnings,
             "parameters": self.parameters,
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
 
 

@@ -27,6 +27,7 @@ PY
 )
 # shellcheck disable=SC2086  # one word per requirement
 "${PIP[@]}" install -c constraints.txt --no-deps $nodeps
+[ "${1:-}" = "--dev" ] && "${PIP[@]}" install --no-deps "invisible-watermark==0.2.0"  # declares opencv-python too (benchmark baseline)
 if .venv/bin/python -m pip show opencv-python >/dev/null 2>&1; then
   # Left by an older setup or a manual `pip install insightface`: keep only the headless build.
   "${PIP[@]}" uninstall -y opencv-python >/dev/null

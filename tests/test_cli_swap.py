@@ -141,7 +141,9 @@ def happy(
     """astronaut -> identity, JSON report, explicit log; out.png already exists (junk) and must be replaced."""
     cwd = tmp_path_factory.mktemp("happy")
     (cwd / "out.png").write_bytes(b"old output that is not an image")
-    return cli(env, cwd, "swap", astronaut_png, "-i", identity_png, "-o", "out.png", "--json", "--log", "runs.jsonl")
+    # --no-watermark: these tests check pixels outside the face bit for bit (test_provenance.py checks the mark)
+    return cli(env, cwd, "swap", astronaut_png, "-i", identity_png, "-o", "out.png", "--json", "--log", "runs.jsonl",
+               "--no-watermark")  # fmt: skip
 
 
 def test_happy_path_writes_decodable_png_of_input_size(happy: Run, astronaut_rgb: np.ndarray) -> None:
@@ -221,7 +223,7 @@ def test_same_command_twice_gives_identical_bytes(
     happy: Run, env: dict[str, str], tmp_path: Path, astronaut_png: Path, identity_png: Path
 ) -> None:
     again = cli(env, tmp_path, "swap", astronaut_png, "-i", identity_png, "-o", "out.png", "--json", "--log",
-                "runs.jsonl")  # fmt: skip
+                "runs.jsonl", "--no-watermark")  # fmt: skip
     assert again.code == happy.code == 0, again.stderr
     assert (tmp_path / "out.png").read_bytes() == (happy.cwd / "out.png").read_bytes()
 
@@ -268,7 +270,8 @@ def test_resolution_gives_exact_size(
 def test_strength_zero_keeps_every_pixel(
     env: dict[str, str], tmp_path: Path, astronaut_png: Path, identity_png: Path, astronaut_rgb: np.ndarray
 ) -> None:
-    run = cli(env, tmp_path, "swap", astronaut_png, "-i", identity_png, "-o", "out.png", "--strength", "0", "--json")
+    run = cli(env, tmp_path, "swap", astronaut_png, "-i", identity_png, "-o", "out.png", "--strength", "0", "--json",
+              "--no-watermark")  # fmt: skip
     assert run.code == 0, run.stderr
     [report] = run.json_reports()
     assert report["status"] == "OK" and len(report["faces"]) == 1
@@ -323,7 +326,7 @@ def pixel_formats(
     expected["rgba.png"] = astronaut_rgb
     expected["alpha"] = alpha
     out = folder.parent / f"{folder.name}_out"
-    run = cli(env, folder.parent, "swap", folder, "-i", identity_png, "-o", out, "--json")
+    run = cli(env, folder.parent, "swap", folder, "-i", identity_png, "-o", out, "--json", "--no-watermark")
     return run, folder, out, expected
 
 

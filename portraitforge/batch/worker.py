@@ -23,8 +23,9 @@ from portraitforge.batch.spec import BatchItem, IdentityRef, LoadedSpec
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.resolve import resolve_identity
 from portraitforge.errors import BadInputError, PortraitForgeError
-from portraitforge.imageio import OUTPUT_FORMATS, encode_image, load_image
+from portraitforge.imageio import OUTPUT_FORMATS, load_image
 from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.provenance.stamp import ProvenanceOptions, deterministic_id, stamp_image
 from portraitforge.types import Identity, ImageRGB, RefineReport, RefineResult, Status
 
 
@@ -167,7 +168,22 @@ class BatchWorker:
 
     def _encode(self, image: ImageRGB, metadata: dict[str, Any], text_chunks: dict[str, str] | None = None) -> bytes:
         fmt = OUTPUT_FORMATS["." + self.config.output_format.replace("jpeg", "jpg")]
-        return encode_image(image, fmt, metadata, jpeg_quality=self.config.jpeg_quality, text_chunks=text_chunks)
+        # Watermark + optional C2PA (portraitforge/provenance). The output id is derived from the item so
+        # that reruns give the same bytes (a C2PA signature, when configured, carries a time and differs).
+        stamped = stamp_image(
+            image,
+            fmt,
+            "batch",
+            ProvenanceOptions.from_config(self.refiner.config),
+            metadata,
+            composite=not metadata.get("draft", False),
+            jpeg_quality=self.config.jpeg_quality,
+            text_chunks=text_chunks,
+            output_id=deterministic_id(
+                metadata.get("batch_item"), metadata.get("draft", False), metadata.get("params")
+            ),
+        )
+        return stamped.data
 
     # ---------------------------------------------------------------------------------- run
 

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from portraitforge.errors import BadInputError, PortraitForgeError
-from portraitforge.imageio import OUTPUT_FORMATS, load_image, save_image
+from portraitforge.imageio import OUTPUT_FORMATS, load_image
 from portraitforge.pipelines.refine import IdentityArg, RefinePipeline, all_identities, identity_label
+from portraitforge.provenance.nsfw import NsfwGate
+from portraitforge.provenance.stamp import ProvenanceOptions, file_ingredient, store_model_hashes, write_output
 from portraitforge.types import FloatArray, RefineReport, Status
 
 
@@ -54,8 +56,10 @@ def refine_file(
     jpeg_quality: int = 95,
     extra_metadata: dict[str, Any] | None = None,
     reference_embedding: FloatArray | None = None,
+    operation: str = "swap",
 ) -> RefineReport:
-    """Refine one image file. Writes `output` only on success (OK or LOW_QUALITY); never partially."""
+    """Refine one image file. Writes `output` only on success (OK or LOW_QUALITY); never partially.
+    `operation` (swap, batch, ui) goes into the watermark payload and the C2PA manifest."""
     start = time.perf_counter()
     report: RefineReport
     label = identity_label(identity)
@@ -64,6 +68,11 @@ def refine_file(
             raise BadInputError(f"{output}: refusing to overwrite the input image")
         loaded = load_image(target, max_pixels=pipe.config.max_pixels)
         load_ms = (time.perf_counter() - start) * 1e3
+        gate = NsfwGate.from_config(pipe.config)  # None unless --nsfw-check: nudenet is never imported then
+        if gate is not None:
+            gate.check_input(loaded.rgb, "target")
+            for used in all_identities(identity):
+                gate.check_input(used.reference_crop, f"identity '{used.name}'")
         result = pipe(loaded.rgb, identity, reference_embedding)
         report = result.report
         report.timings_ms = {"load": load_ms, **report.timings_ms}
@@ -80,10 +89,23 @@ def refine_file(
                 "versions": software_versions(),
                 **(extra_metadata or {}),
             }
+            image = result.image if gate is None else gate.check_output(result.image)
             save_start = time.perf_counter()
-            save_image(output, result.image, metadata=metadata, alpha=alpha, jpeg_quality=jpeg_quality)
+            stamped = write_output(
+                output,
+                image,
+                operation,
+                ProvenanceOptions.from_config(pipe.config),
+                metadata=metadata,
+                alpha=alpha,
+                jpeg_quality=jpeg_quality,
+                ingredients=[file_ingredient("target", target)]
+                + [{"role": "identity", "sha256": s} for s in metadata["identity_sources"]],
+                models=store_model_hashes(pipe.config.models_dir),
+            )
             report.timings_ms["save"] = (time.perf_counter() - save_start) * 1e3
             report.output_path = str(output)
+            report.provenance = {**stamped.record, **({"nsfw": gate.report()} if gate is not None else {})}
     except PortraitForgeError as exc:
         report = RefineReport(status=exc.status, message=exc.message, identity=label)
     except MemoryError:

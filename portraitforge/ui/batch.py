@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,13 @@ class BatchResult:
         return status_html(self.status, self.message)
 
 
-def spec_choices(folder: Path = CONFIGS_DIR) -> list[tuple[str, str]]:
-    """Batch specs in the configs folder as (file name, path) choices, refine presets left out."""
+def spec_choices(folder: Path | Traversable = CONFIGS_DIR) -> list[tuple[str, str]]:
+    """Batch specs in the configs folder (the installed presets) as (file name, path) choices, refine presets
+    left out."""
     found = []
-    for path in sorted(folder.glob("*.y*ml")):
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith((".yaml", ".yml")):
+            continue
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):

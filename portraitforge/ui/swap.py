@@ -391,7 +391,13 @@ def run_swap(
             )
             output = state.new_output(target_path.stem, output_format)
             report = refine_file(
-                pipe, target_path, identity, output, extra_metadata={"interface": "web UI"}, reference_embedding=ref
+                pipe,
+                target_path,
+                identity,
+                output,
+                extra_metadata={"interface": "web UI"},
+                reference_embedding=ref,
+                operation="ui",
             )
         log = None
         record = {**report.to_dict(), "interface": "ui"}
