@@ -13,8 +13,8 @@ gr = pytest.importorskip("gradio")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from portraitforge import cli_ui  # noqa: E402
 from portraitforge.cli import app as cli_app  # noqa: E402
+from portraitforge.cli import ui as cli_ui  # noqa: E402
 from portraitforge.config import RefineConfig  # noqa: E402
 from portraitforge.demo import identity_photo  # noqa: E402
 from portraitforge.imageio import save_image  # noqa: E402
