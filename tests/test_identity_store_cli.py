@@ -13,7 +13,7 @@ import typer
 from identity_store_fixtures import REPO, CountingAnalyzer, hanks_variants, no_face_photo, other_people, tree_hash
 from typer.testing import CliRunner
 
-from portraitforge import cli_identity
+from portraitforge.cli import identity as cli_identity
 from portraitforge.embeddings_cache.records import seal
 from portraitforge.embeddings_cache.resolve import (
     assign_by_nearest,

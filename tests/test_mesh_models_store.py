@@ -392,7 +392,7 @@ def test_cli_setup_offline_with_empty_store_exits_5_with_one_line(tmp_path: Path
 def test_cli_setup_download_pack_and_import(
     sources: Sources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pip_calls: list[list[str]]
 ) -> None:
-    from portraitforge import cli_models
+    from portraitforge.cli import models as cli_models
 
     monkeypatch.setattr(cli_models, "REGISTRY", sources.registry())
     # The CLI's store has no pip_args; pip reads the same settings from its environment.

@@ -408,7 +408,7 @@ def test_cli_offline_download_exits_5_with_one_line(tmp_path: Path) -> None:
 def local_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelRegistry]:
     """The CLI's registry with the real entries' names and files but unreachable URLs (a closed local port),
     so no test can reach the internet even where it is available."""
-    from portraitforge import cli_models
+    from portraitforge.cli import models as cli_models
 
     dead = _closed_port_url()
     specs = tuple(
@@ -474,7 +474,7 @@ def test_cli_download_verify_path_json(
 def test_cli_download_success_from_mirror(
     tmp_path: Path, server: tuple[str, ServerState], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from portraitforge import cli_models
+    from portraitforge.cli import models as cli_models
 
     base, state = server
     state.files["/mirror/tiny.onnx"] = PAYLOAD

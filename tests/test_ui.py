@@ -14,8 +14,8 @@ gr = pytest.importorskip("gradio")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from portraitforge import cli_ui  # noqa: E402
 from portraitforge.cli import app as cli_app  # noqa: E402
+from portraitforge.cli import ui as cli_ui  # noqa: E402
 from portraitforge.imageio import load_image, read_metadata, save_image  # noqa: E402
 from portraitforge.samples import insightface_image  # noqa: E402
 from portraitforge.types import ImageRGB  # noqa: E402

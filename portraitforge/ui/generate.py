@@ -47,7 +47,7 @@ def run_generate(
             raise BadInputError("the prompt is empty")
         width = height = None
         if size and size.strip():
-            from portraitforge.cli_generate import parse_size
+            from portraitforge.cli.generate import parse_size
 
             width, height = parse_size(size)
         cfg = swap_config({"strength": strength})

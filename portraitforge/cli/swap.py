@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from tqdm import tqdm
 
-from portraitforge.cli_common import one_line_errors, stderr_is_tty
+from portraitforge.cli.common import one_line_errors, stderr_is_tty
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.resolve import is_face_mapping, resolve_face_mapping, resolve_identity
 from portraitforge.embeddings_cache.store import IdentityStore

@@ -6,7 +6,7 @@ import importlib.util
 
 import typer
 
-from portraitforge.cli_common import fail, one_line_errors
+from portraitforge.cli.common import fail, one_line_errors
 from portraitforge.types import EXIT_CODES, Status
 
 INSTALL_HINT = "pip install 'portraitforge[ui]'"

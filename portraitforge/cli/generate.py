@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from tqdm import tqdm
 
-from portraitforge.cli_common import fail, one_line_errors, stderr_is_tty
+from portraitforge.cli.common import fail, one_line_errors, stderr_is_tty
 from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import ParameterError

@@ -38,25 +38,25 @@ _CLICK_EXCEPTION: type[Exception] = typer.BadParameter.__mro__[2]  # ClickExcept
 
 # --- sub-command registration: one line per module (each module exposes `register(app)`) ---
 # (keep this block sorted; helpers add their own line)
-from portraitforge import cli_batch  # noqa: E402
+from portraitforge.cli import batch  # noqa: E402
 
-cli_batch.register(app)
-from portraitforge import cli_demo, cli_swap  # noqa: E402
+batch.register(app)
+from portraitforge.cli import demo, swap  # noqa: E402
 
-cli_demo.register(app)
-cli_swap.register(app)
-from portraitforge import cli_generate  # noqa: E402
+demo.register(app)
+swap.register(app)
+from portraitforge.cli import generate  # noqa: E402
 
-cli_generate.register(app)
-from portraitforge import cli_models  # noqa: E402
+generate.register(app)
+from portraitforge.cli import models  # noqa: E402
 
-cli_models.register(app)
-from portraitforge import cli_identity  # noqa: E402
+models.register(app)
+from portraitforge.cli import identity  # noqa: E402
 
-cli_identity.register(app)
-from portraitforge import cli_ui  # noqa: E402
+identity.register(app)
+from portraitforge.cli import ui  # noqa: E402
 
-cli_ui.register(app)
+ui.register(app)
 from portraitforge.provenance import cli as provenance_cli  # noqa: E402
 
 provenance_cli.register(app)
@@ -83,6 +83,3 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 1))
     sys.exit(code if isinstance(code, int) else 0)
 
-
-if __name__ == "__main__":
-    main()

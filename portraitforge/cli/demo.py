@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from portraitforge.cli_common import one_line_errors
+from portraitforge.cli.common import one_line_errors
 
 
 def demo(

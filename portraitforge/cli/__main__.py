@@ -1,0 +1,5 @@
+"""`python -m portraitforge.cli`: the same entry point as the `portraitforge` console script."""
+
+from portraitforge.cli import main
+
+main()
