@@ -270,7 +270,9 @@ def verify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ) -> None:
     """Check every identity's integrity and model version. Exit 3 if any is corrupted, 5 if any is stale."""
-    results = _store(store_dir).verify(load_analyzers(arcface), recompute=recompute)
+    store = _store(store_dir)
+    # An empty (or absent) store has nothing to check: no need to load the analyzers.
+    results = store.verify(load_analyzers(arcface), recompute=recompute) if store.names() else []
     if as_json:
         emit_json([r.to_dict() for r in results])
     else:
