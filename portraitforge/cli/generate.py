@@ -149,7 +149,7 @@ def generate(
         typer.Option(help="WxH, multiples of 8.", metavar="WxH", show_default="the model's native size"),
     ] = None,
     negative_prompt: Annotated[
-        str | None, typer.Option("--negative-prompt", help="Negative prompt.", metavar="TEXT")
+        str | None, typer.Option("--negative-prompt", help="Negative prompt.", metavar="PROMPT")
     ] = None,
     lora: Annotated[
         list[str] | None,

@@ -103,11 +103,11 @@ def add_cmd(
         typer.Argument(help="Photos and/or folders of photos of one person.", metavar="PHOTO", show_default=False),
     ],
     note: Annotated[
-        str | None, typer.Option("--note", help="Free text stored with the identity.", metavar="TEXT")
+        str | None, typer.Option("--note", help="Free text stored with the identity.", metavar="NOTE")
     ] = None,
     consent: Annotated[
         str | None,
-        typer.Option("--consent", help="Consent record (who agreed, to what, when).", metavar="TEXT"),
+        typer.Option("--consent", help="Consent record (who agreed, to what, when).", metavar="RECORD"),
     ] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing identity of that name.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Add these photos to an existing identity.")] = False,
@@ -248,14 +248,14 @@ def import_cmd(
 def consent_cmd(
     name: Annotated[str, NAME_ARGUMENT],
     text: Annotated[
-        str | None, typer.Argument(help="Consent record; omit with --withdraw.", metavar="TEXT", show_default=False)
+        str | None, typer.Argument(help="Consent record; omit with --withdraw.", metavar="RECORD", show_default=False)
     ] = None,
     withdraw: Annotated[bool, typer.Option("--withdraw", help="Remove the consent record.")] = False,
     store_dir: Annotated[Path | None, STORE_OPTION] = None,
 ) -> None:
     """Record or withdraw consent for an identity (needed when consent is required)."""
     if bool(text) == withdraw:
-        raise ParameterError("give TEXT or --withdraw")
+        raise ParameterError("give RECORD or --withdraw")
     _store(store_dir).set_consent(name, None if withdraw else text)
     typer.echo(f"consent {'withdrawn' if withdraw else 'recorded'} for '{name}'")
 

@@ -33,9 +33,7 @@ PACK_OPTION = typer.Option(
     None, "--pack", help="Every file of a pack (mesh, buffalo_l, parsing, yunet); repeatable.", metavar="PACK"
 )
 OFFLINE_OPTION = typer.Option(False, "--offline", help="Never touch the network (also $PORTRAITFORGE_OFFLINE=1).")
-VERIFY_NAMES = typer.Argument(
-    None, help="Model names.", metavar="NAME", show_default="every file present in the store"
-)
+VERIFY_NAMES = typer.Argument(None, help="Model names.", metavar="NAME", show_default="every file present in the store")
 REGISTRY: ModelRegistry = DEFAULT_REGISTRY  # the models this CLI manages (tests substitute local ones)
 
 
@@ -103,9 +101,7 @@ def download_models(
     names: list[str] = DOWNLOAD_NAMES,
     pack: list[str] = PACK_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
-    mirror: str | None = typer.Option(
-        None, "--mirror", help="Base URL tried first: <mirror>/<file name>.", metavar="URL"
-    ),
+    mirror: str | None = typer.Option(None, "--mirror", help="Base URL tried first, as URL/FILE_NAME.", metavar="URL"),
     offline: bool = OFFLINE_OPTION,
     force: bool = typer.Option(False, "--force", help="Fetch again even if a verified copy exists."),
     as_json: bool = JSON_OPTION,
