@@ -12,6 +12,7 @@ adds each to the root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -32,13 +33,15 @@ PROG_NAME = "portraitforge"
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """THE mapping from whatever a command raised to (one line on stderr, the README's exit code)."""
+    """The one mapping from whatever a command raised to the README's exit code; prints at most one line."""
     if isinstance(exc, typer.Exit):  # a command ended with a status it has already reported (or --help)
         return exc.exit_code
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     if isinstance(exc, UsageError) and type(exc).__name__ == "NoArgsIsHelpError":
-        typer.echo(exc.format_message())  # a bare `portraitforge models`: the help, as usage (typer checks so too)
+        # A bare `portraitforge models`: the help, and the usage code. (typer's own formatter also tells this
+        # error by its name: the class is not exported.)
+        typer.echo(exc.format_message())
         return EXIT_USAGE
     if isinstance(exc, UsageError):  # click's parsing: unknown option, bad value, missing argument
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
@@ -56,7 +59,8 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
         # `portraitforge ... | head` closed the pipe: exit 1 silently, and keep Python's final flush of stdout
         # from printing a second error (the recipe of the Python docs' "Note on SIGPIPE").
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # stdout may have no file descriptor (tests)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_CODES[Status.INTERNAL]
     if isinstance(exc, OSError):  # unwritable output/store/models folder, full disk, unreadable file
         where = f"{exc.filename}: " if exc.filename else ""
