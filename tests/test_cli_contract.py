@@ -143,8 +143,8 @@ class Run:
 
 
 def _files(f: Files, home: Path) -> set[Path]:
-    """Files under the test folders, except model caches (dlib unpacks its detector there on first use)."""
-    return {p for d in (f.root, home) for p in d.rglob("*") if p.is_file() and "cache" not in p.relative_to(d).parts}
+    """Files and folders under the test folders, except model caches (dlib unpacks its detector on first use)."""
+    return {p for d in (f.root, home) for p in d.rglob("*") if "cache" not in p.relative_to(d).parts}
 
 
 def run(f: Files, home: Path, *args: str) -> Run:

@@ -5,6 +5,7 @@ Failures are not handled here: commands raise, and `portraitforge.cli.exit_code_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -88,14 +89,26 @@ def one_line(text: object) -> str:
 
 
 def writable_dir(path: Path, what: str) -> Path:
-    """Create `path` (and parents) and check it is writable, before any slow work: an unwritable output or
-    store folder fails in a second with one line, not after the models loaded. Creates nothing else."""
+    """Check that `path` is, or can be made, a writable folder, before any slow work: an unwritable output or
+    store folder then fails in a second with one line, not after the models loaded. Leaves nothing behind: the
+    folders made to prove it are removed again (the writer makes them when it writes)."""
+    made: list[Path] = []  # deepest first
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        made.append(probe)
+        probe = probe.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
+        usable = path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+        reason = "not a writable folder"
     except OSError as exc:
-        raise BadInputError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise BadInputError(f"cannot write the {what} {path}: not a writable folder")
+        usable, reason = False, str(exc.strerror or exc)
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    if not usable:
+        raise BadInputError(f"cannot write the {what} {path}: {reason}")
     return path
 
 
