@@ -188,11 +188,10 @@ def swap(
     cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
     if cfg.select == "reference" and reference is None:
         raise ParameterError("--select reference needs --reference IMAGE")
-    # A path that does not exist is a typo: report it before any work. Files that exist but do not decode get
-    # their own line in the per-file report below.
-    for target in targets:
-        if not target.exists():
-            raise BadInputError(f"{target}: file not found")
+    # Each target gets its own status line below, a missing one too; but when none exists there is nothing to
+    # do, so say so before the models load.
+    if not any(t.exists() for t in targets):
+        raise BadInputError(f"{', '.join(map(str, targets))}: file not found")
     files = list_images(targets)
     if not files:
         raise BadInputError("no target images found")
