@@ -35,3 +35,9 @@ class OutOfMemoryError(PortraitForgeError):
 
 class ParameterError(BadInputError):
     """An invalid option value: reported like a usage error (exit code 2)."""
+
+
+class RunInterruptedError(PortraitForgeError):
+    """Ctrl-C (or a stop request) ended a run; the message says what was kept (exit code 130)."""
+
+    status = Status.INTERRUPTED

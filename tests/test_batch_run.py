@@ -331,7 +331,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().count("\n") == 0 and err.startswith("interrupted:"), err
+    assert err.strip().count("\n") == 0 and err.startswith("error: interrupted:"), err
     with Manifest(manifest_path) as manifest:
         statuses = [r["status"] for r in manifest.rows()]
     assert "running" not in statuses and 1 <= statuses.count("done") < 4

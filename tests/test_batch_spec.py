@@ -174,7 +174,7 @@ def test_plan_cli_counts_and_one_line_errors(spec_dir: Path) -> None:
     assert human.stdout.startswith("12 items (2 identities x 3 prompts x 2 seeds)")
     bad = _write(spec_dir, GENERATE_SPEC.replace("strength: 0.9", "strength: 2"), "bad.yaml")
     res = run_cli("batch", "plan", str(bad))
-    assert res.returncode == 3
+    assert res.returncode == 2  # an out-of-range value is a usage error, as `swap --strength 2` is
     assert res.stderr.count("\n") == 1 and "bad.yaml:24: refine.strength:" in res.stderr
     assert "Traceback" not in res.stderr
 

@@ -13,6 +13,7 @@ import typer
 from identity_store_fixtures import REPO, CountingAnalyzer, hanks_variants, no_face_photo, other_people, tree_hash
 from typer.testing import CliRunner
 
+from portraitforge.cli import app as cli_app
 from portraitforge.cli import identity as cli_identity
 from portraitforge.embeddings_cache.records import seal
 from portraitforge.embeddings_cache.resolve import (
@@ -50,17 +51,11 @@ def files(tmp_path_factory: pytest.TempPathFactory, cli_analyzer: DlibFaceAnalyz
 
 @pytest.fixture(scope="module")
 def app(cli_analyzer: DlibFaceAnalyzer) -> typer.Typer:
-    """The identity commands on their own app, with the session's dlib analyzer (no model reload per call)."""
+    """The real command line (its error contract included), with the session's dlib analyzer (no model reload
+    per call)."""
     mp = pytest.MonkeyPatch()
     mp.setattr(cli_identity, "load_analyzers", lambda arcface="auto", photos=None: [cli_analyzer])
-    application = typer.Typer()
-
-    @application.callback()
-    def _root() -> None:
-        """test root"""
-
-    cli_identity.register(application)
-    yield application
+    yield cli_app
     mp.undo()
 
 

@@ -424,4 +424,4 @@ def test_cli_setup_download_pack_and_import(
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 3 and all(" imported " in ln for ln in result.stdout.splitlines())
     result = runner.invoke(_cli(), ["models", "import", str(tmp_path / "missing"), "--models-dir", str(other)])
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a missing folder is bad input, as a missing file is for every command

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from portraitforge.config import RefineConfig
-from portraitforge.errors import BadInputError
+from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS
 
 ID_VERSION = 1  # bump when the meaning of an id's inputs changes
@@ -39,6 +39,7 @@ class SpecIssue:
     line: int | None  # 1-based line in the spec file
     field: str  # dotted path, e.g. "identities.1.image"
     message: str
+    missing_file: bool = False  # a file or folder the spec names is not there (bad input, not a bad value)
 
     def __str__(self) -> str:
         where = f"line {self.line}" if self.line else "spec"
@@ -55,6 +56,17 @@ class SpecError(BadInputError):
         where = f"{source}:{first.line}" if first.line else source
         more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
         super().__init__(f"{where}: {first.field}: {first.message}{more}")
+
+
+class SpecValueError(SpecError, ParameterError):
+    """A spec that parses but holds an invalid value (out of range, unknown or missing field, bad template):
+    a usage error (exit 2), like the same value given as a flag or in a --config preset. Unreadable specs and
+    specs naming files that are not there stay `SpecError` (bad input, exit 3)."""
+
+
+def _spec_error(source: str, issues: list[SpecIssue]) -> SpecError:
+    """The error for `issues`; its class follows the first issue, the one its message shows."""
+    return SpecError(source, issues) if issues[0].missing_file else SpecValueError(source, issues)
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -309,7 +321,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
             if err["type"] == "missing":
                 message = "required field is missing"
             issues.append(SpecIssue(_lookup_line(lines, loc), _field_name(loc), message))
-        raise SpecError(source, issues) from None
+        raise SpecValueError(source, issues) from None
     loaded = LoadedSpec(spec=spec, path=path, lines=lines)
     _check_references(loaded)
     return loaded
@@ -367,16 +379,23 @@ def _check_references(loaded: LoadedSpec) -> None:
             p = loaded.resolve(ident.image)
             if not p.is_file():
                 issues.append(
-                    SpecIssue(loaded.line_of("identities", i, "image"), f"identities.{i}.image", f"{p}: not found")
+                    SpecIssue(
+                        loaded.line_of("identities", i, "image"), f"identities.{i}.image", f"{p}: not found", True
+                    )
                 )
     if spec.drafts is not None:
         folder = loaded.resolve(spec.drafts.folder)
         if not folder.is_dir():
-            issues.append(SpecIssue(loaded.line_of("drafts", "folder"), "drafts.folder", f"{folder}: not a folder"))
+            issues.append(
+                SpecIssue(loaded.line_of("drafts", "folder"), "drafts.folder", f"{folder}: not a folder", True)
+            )
         elif not draft_files(loaded):
             issues.append(
                 SpecIssue(
-                    loaded.line_of("drafts", "pattern"), "drafts", f"no images match {spec.drafts.pattern} in {folder}"
+                    loaded.line_of("drafts", "pattern"),
+                    "drafts",
+                    f"no images match {spec.drafts.pattern} in {folder}",
+                    True,
                 )
             )
     naming = spec.output.naming or default_naming(spec)
@@ -392,7 +411,7 @@ def _check_references(loaded: LoadedSpec) -> None:
     except ValueError as exc:
         issues.append(SpecIssue(loaded.line_of("output", "naming"), "output.naming", str(exc)))
     if issues:
-        raise SpecError(str(loaded.path), issues)
+        raise _spec_error(str(loaded.path), issues)
 
 
 def draft_files(loaded: LoadedSpec) -> list[Path]:
@@ -540,7 +559,7 @@ def expand(loaded: LoadedSpec) -> list[BatchItem]:
             fields = {"id": iid, "id8": iid[:8], "identity": ref.label, "name": spec.name, **names, **sweep}
             rel = naming.format(**fields) + suffix
             if rel in paths:
-                raise SpecError(
+                raise SpecValueError(
                     str(loaded.path),
                     [
                         SpecIssue(

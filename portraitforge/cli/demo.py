@@ -6,21 +6,21 @@ from pathlib import Path
 
 import typer
 
-from portraitforge.cli.common import one_line_errors
+from portraitforge.cli.common import single, writable_dir
+
+app = single()
 
 
+@app.command("demo")
 def demo(
-    output: Path = typer.Option(Path("outputs/demo"), "--output", "-o", help="Folder for the demo images."),
+    output: Path = typer.Option(
+        Path("outputs/demo"), "--output", "-o", help="Folder for the demo images.", metavar="DIR"
+    ),
 ) -> None:
     """Swap a face between photos shipped in the installed wheels and write comparison sheets."""
-    with one_line_errors():
-        from portraitforge.demo import run_demo
+    from portraitforge.demo import run_demo
 
-        out = run_demo(output)
-        for path in out.files:
-            typer.echo(str(path))
-        typer.echo(f"{out.report.status.value}: {out.report.message}", err=True)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    out = run_demo(writable_dir(output, "output folder"))
+    for path in out.files:
+        typer.echo(str(path))
+    typer.echo(f"{out.report.status.value}: {out.report.message}", err=True)

@@ -4,8 +4,7 @@ Files written to DIR (all atomically, each with JSON metadata and an A1111 `para
 - with --identity: `DIR/NNN-SEED.png` is the refined portrait of image NNN, and every draft drawn (accepted or
   rejected for having no face) is kept in `DIR/drafts/NNN-SEED-draft.png`;
 - without: the accepted draft is the result, `DIR/NNN-SEED.png`; drafts rejected by --require-face go to drafts/.
-Exit codes as for `swap`: 0 ok, 2 usage, 3 bad input, 4 no face, 5 model unavailable, 6 out of memory,
-7 low quality with --strict, 130 interrupted (Ctrl-C keeps the files already complete and no partial file).
+Exit codes as for `swap` (README table); Ctrl-C (130) keeps the files already complete and no partial file.
 """
 
 from __future__ import annotations
@@ -21,19 +20,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from tqdm import tqdm
 
-from portraitforge.cli.common import fail, one_line_errors, stderr_is_tty
+from portraitforge.cli.common import preset_help, single, stderr_is_tty, writable_dir
 from portraitforge.config import RefineConfig
-from portraitforge.embeddings_cache.store import IdentityStore
-from portraitforge.errors import ParameterError
+from portraitforge.errors import ParameterError, RunInterruptedError
 from portraitforge.paths import default_log_path
-from portraitforge.pipelines.refine import RefinePipeline
-from portraitforge.pipelines.refine_files import append_log
-from portraitforge.provenance.nsfw import NsfwGate
-from portraitforge.provenance.stamp import ProvenanceOptions, write_output
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
 if TYPE_CHECKING:  # torch/diffusers are imported when `generate` runs, so other commands start fast
     from portraitforge.pipelines.portrait import PortraitImage, ProgressEvent
+    from portraitforge.provenance.nsfw import NsfwGate
+    from portraitforge.provenance.stamp import ProvenanceOptions
+
+app = single()
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -99,6 +97,8 @@ def _save(
     path: Path, image: Any, metadata: dict[str, Any], parameters: str, provenance: ProvenanceOptions, composite: bool
 ) -> tuple[str, dict[str, Any]]:
     """Watermarked, C2PA-signed when a signer is configured (portraitforge/provenance), written atomically."""
+    from portraitforge.provenance.stamp import write_output
+
     stamped = write_output(
         path,
         image,
@@ -151,61 +151,107 @@ def _write_result(
     return record
 
 
+@app.command("generate")
 def generate(
-    prompt: Annotated[str, typer.Argument(help="Text prompt.", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Hub id, diffusers folder or .safetensors checkpoint.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    prompt: Annotated[str, typer.Argument(help="Text prompt.", metavar="PROMPT", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="Hub id, diffusers folder or .safetensors checkpoint.", metavar="SOURCE"),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", metavar="DIR")],
     identity: Annotated[
-        str | None, typer.Option("--identity", "-i", help="Identity image (or stored identity name).")
+        str | None,
+        typer.Option("--identity", "-i", help="Identity image or stored identity name.", metavar="IDENTITY"),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed of image 0 (image i uses seed+i). Default: random, recorded.")
+        int | None,
+        typer.Option(help="Seed of image 0 (image i uses seed+i).", metavar="N", show_default="random, recorded"),
     ] = None,
-    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Number of portraits.")] = 1,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: per model family).")] = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Number of portraits.", metavar="N")] = 1,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Denoising steps.", metavar="N", show_default="per model family")
+    ] = None,
     guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance scale (default: per family).")
+        float | None,
+        typer.Option(help="Classifier-free guidance scale.", metavar="SCALE", show_default="per model family"),
     ] = None,
-    size: Annotated[str | None, typer.Option(help="WxH, multiples of 8 (default: the model's native size).")] = None,
-    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Negative prompt.")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(help="WxH, multiples of 8.", metavar="WxH", show_default="the model's native size"),
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", help="Negative prompt.", metavar="PROMPT")
+    ] = None,
     lora: Annotated[
-        list[str] | None, typer.Option("--lora", help="LoRA as PATH.safetensors[:WEIGHT]; repeatable.")
+        list[str] | None,
+        typer.Option("--lora", help="LoRA as PATH.safetensors[:WEIGHT]; repeatable.", metavar="FILE[:WEIGHT]"),
     ] = None,
     scheduler: Annotated[
-        str | None, typer.Option(help="euler, euler_a, ddim, dpm++_2m_karras, unipc, lcm, ...")
+        str | None,
+        typer.Option(
+            help="euler, euler_a, ddim, dpm++_2m_karras, unipc, lcm, ...", metavar="NAME", show_default="the model's"
+        ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16 (auto: fp16 on GPU, fp32 on CPU).")] = "auto",
-    retries: Annotated[int, typer.Option(help="Extra seeds tried per image when the draft has no face.")] = 3,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.", metavar="DEVICE")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16.", metavar="DTYPE")
+    ] = "auto",
+    retries: Annotated[
+        int, typer.Option(min=0, help="Extra seeds tried per image when the draft has no face.", metavar="N")
+    ] = 3,
     require_face: Annotated[
         bool | None,
-        typer.Option("--require-face/--no-require-face", help="Retry faceless drafts (default: on with --identity)."),
+        typer.Option(
+            "--require-face/--no-require-face", help="Retry faceless drafts.", show_default="on with --identity"
+        ),
     ] = None,
     config: Annotated[
-        str | None, typer.Option("--config", "-c", help="Refine YAML preset (file or name in configs/).")
+        str | None,
+        typer.Option("--config", "-c", help="Refine YAML preset (file or name in configs/).", metavar="PRESET"),
     ] = None,
-    strength: Annotated[float | None, typer.Option(help="Refine strength 0..1.")] = None,
-    blend: Annotated[str | None, typer.Option(help="poisson | poisson-mixed | multiband | feather.")] = None,
-    model_config: Annotated[str | None, typer.Option(help="Single file: local diffusers config folder.")] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            help=preset_help("Refine strength: 0 keeps the draft, 1 is the full identity.", "strength"),
+            metavar="0..1",
+        ),
+    ] = None,
+    blend: Annotated[
+        str | None,
+        typer.Option(
+            help=preset_help("multiband | poisson | poisson-mixed | feather.", "blend"),
+            metavar="METHOD",
+        ),
+    ] = None,
+    model_config: Annotated[
+        str | None, typer.Option(help="Single file: local diffusers config folder.", metavar="DIR")
+    ] = None,
     original_config: Annotated[
-        str | None, typer.Option(help="Single file: original LDM yaml (see docs/gpu.md).")
+        str | None, typer.Option(help="Single file: original LDM yaml (see docs/gpu.md).", metavar="FILE")
     ] = None,
     family: Annotated[
-        str | None, typer.Option(help="Override detection: sd1, sd2, sdxl, sd2-turbo, sdxl-turbo.")
+        str | None,
+        typer.Option(help="sd1 | sd2 | sdxl | sd2-turbo | sdxl-turbo.", metavar="FAMILY", show_default="detected"),
     ] = None,
-    variant: Annotated[str | None, typer.Option(help="Hub weight variant, e.g. fp16.")] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Hub weight variant, e.g. fp16.", metavar="NAME")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).", metavar="REV")] = None,
     offline: Annotated[bool, typer.Option(help="Never download (same as HF_HUB_OFFLINE=1).")] = False,
     cpu_offload: Annotated[bool, typer.Option(help="Model CPU offload (GPU memory saver; needs accelerate).")] = False,
     vae_tiling: Annotated[bool, typer.Option(help="Decode in tiles (large sizes on small GPUs).")] = False,
     vae_slicing: Annotated[bool, typer.Option(help="Decode one image at a time.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.")] = False,
     log: Annotated[
-        Path | None, typer.Option(help="JSON-lines run log (default: $PORTRAITFORGE_HOME/logs/runs.jsonl).")
+        Path | None,
+        typer.Option(help="JSON-lines run log.", metavar="FILE", show_default="$PORTRAITFORGE_HOME/logs/runs.jsonl"),
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 7 when any result is LOW_QUALITY.")] = False,
-    store_dir: Annotated[Path | None, typer.Option("--store", help="Identity store directory.")] = None,
-    require_consent: Annotated[bool, typer.Option(help="Refuse identities without a consent record.")] = False,
+    store_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--store", help="Identity store folder.", metavar="DIR", show_default="$PORTRAITFORGE_HOME/embeddings_cache"
+        ),
+    ] = None,
+    require_consent: Annotated[bool, typer.Option(help="Refuse stored identities without a consent record.")] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Step progress bar (on a terminal).")
     ] = True,
@@ -234,24 +280,34 @@ def generate(
     nsfw_policy: Annotated[str | None, typer.Option(help="NSFW gate policy: refuse | blur | flag.")] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
+    # Checks that need no model come first: a bad value or an unwritable folder fails in a second.
+    width, height = parse_size(size) if size else (None, None)
+    chosen = {
+        "strength": strength,
+        "blend": blend,
+        "watermark": watermark,
+        "nsfw_check": nsfw_check,
+        "nsfw_policy": nsfw_policy,
+    }
+    overrides = {k: v for k, v in chosen.items() if v is not None}
+    refine_cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
+    writable_dir(output, "output folder")
+    log_path = log or default_log_path()
+    writable_dir(log_path.parent, "run log folder")
+
+    from portraitforge.embeddings_cache.store import IdentityStore
     from portraitforge.models.diffusion import LoadOptions, LoraSpec, load_text2image
     from portraitforge.pipelines.portrait import PortraitPipeline
+    from portraitforge.pipelines.refine import RefinePipeline
+    from portraitforge.pipelines.refine_files import append_log
+    from portraitforge.provenance.nsfw import NsfwGate
+    from portraitforge.provenance.stamp import ProvenanceOptions
 
     written: list[str] = []
     worst = Status.OK
-    with one_line_errors(), quiet_libraries():
+    with quiet_libraries():
         try:
-            width, height = parse_size(size) if size else (None, None)
             loras = tuple(LoraSpec.parse(x) for x in lora or [])
-            chosen = {
-                "strength": strength,
-                "blend": blend,
-                "watermark": watermark,
-                "nsfw_check": nsfw_check,
-                "nsfw_policy": nsfw_policy,
-            }
-            overrides = {k: v for k, v in chosen.items() if v is not None}
-            refine_cfg = RefineConfig.from_yaml(config, **overrides) if config else RefineConfig.validated(overrides)
             options = LoadOptions(
                 device=device,
                 dtype=dtype,
@@ -350,18 +406,16 @@ def generate(
                 "warnings": loaded.warnings,
                 "timings_ms": {"load": round(load_ms, 1), "generate": round((time.perf_counter() - t1) * 1e3, 1)},
             }
-            append_log(log or default_log_path(), {"command": "generate", **report})
+            append_log(log_path, {"command": "generate", **report})
             if as_json:
                 typer.echo(json.dumps(report))
         except KeyboardInterrupt:
             # Files are written atomically, so the ones listed are whole and nothing else exists.
-            fail(f"interrupted after writing {len(written)} complete file(s); no partial file was left", 130)
+            raise RunInterruptedError(
+                f"interrupted after writing {len(written)} complete file(s); no partial file was left"
+            ) from None
     code = EXIT_CODES[worst]
     if worst is Status.LOW_QUALITY and strict:
         code = EXIT_LOW_QUALITY_STRICT
     if code:
         raise typer.Exit(code)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("generate")(generate)

