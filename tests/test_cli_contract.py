@@ -240,6 +240,7 @@ BAD_FILES: dict[Leaf, list[dict[str, list[str]]]] = {
     ("batch", "export"): [{"spec": ["{missing}.yaml"]}, {"spec": ["{spec}"]}],  # no manifest yet
     ("batch", "review"): [{"spec": ["{missing}.yaml"]}, {"spec": ["{spec}"]}],
     ("models", "import"): [{"source": ["{missing}"]}, {"source": ["{image}"]}],
+    ("inspect",): [{"images": ["{missing}.png"]}, {"images": ["{fake_image}"]}],
 }
 
 # Per command: parameters to point at an unwritable folder.

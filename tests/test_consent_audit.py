@@ -217,17 +217,17 @@ def test_ui_swap_handler_audits_each_use_once_and_refuses_without_consent(
         shared = analyzer if config.resolved_analyzer == "dlib" else None  # dlib loads in seconds: share it
         return RefinePipeline.from_config(config, analyzer=shared)
 
-    state = UIState(factory, store_dir=store_dir, require_consent=True)
-    image, _, report, line = run_swap(state, astronaut_rgb, None, "granted")
-    assert image is not None and report["status"] in ("OK", "LOW_QUALITY"), line
+    state = UIState(factory, store_dir=store_dir, output_dir=store_dir.parent / "ui-out", require_consent=True)
+    res = run_swap(state, astronaut_rgb, None, "granted")
+    assert res.image is not None and res.status in ("OK", "LOW_QUALITY"), res.line
     assert_one_use(store_dir, "granted", "ui")
     for name, why in REFUSED.items():
         (store_dir / "audit.jsonl").unlink()
-        image, sheet, report, line = run_swap(state, astronaut_rgb, None, name)
-        assert image is None and sheet is None and line.startswith("BAD_INPUT: ") and why in line
+        res = run_swap(state, astronaut_rgb, None, name)
+        assert res.image is None and res.output is None and res.status == "BAD_INPUT" and why in res.message
         assert_one_use(store_dir, name, "ui", refused=why)
-    image, _, _, line = run_swap(state, astronaut_rgb, str(hanks_path), None)  # an upload: no consent record
-    assert image is None and line.startswith("BAD_INPUT: ") and "consent is required" in line
+    res = run_swap(state, astronaut_rgb, str(hanks_path), None)  # an upload: no consent record
+    assert res.image is None and res.status == "BAD_INPUT" and "requires consent" in res.message
 
 
 # ------------------------------------------------------------------------------------------------------ Python API

@@ -153,9 +153,13 @@ def test_default_registry_entries_are_complete() -> None:
         "buffalo_l/genderage",
     ]
     for spec in DEFAULT_REGISTRY:
-        # Every entry is hash-pinned and says where it comes from and under which licence.
-        assert spec.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.name
-        assert spec.size and spec.size > 10_000
+        # Every entry is hash-pinned and says where it comes from and under which licence, except the few whose
+        # hash no public manifest gives (they load as 'unverified' and say so): that list must not grow silently.
+        if spec.name in UNPINNED:
+            assert spec.sha256 is None and spec.hash_note, spec.name
+        else:
+            assert spec.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.name
+        assert (spec.size and spec.size > 10_000) or spec.name in UNPINNED | UNSIZED, spec.name
         assert spec.license
         assert spec.urls or spec.archive is not None or spec.wheel is not None
     for spec in insightface:
@@ -278,6 +282,15 @@ def test_mirror_is_tried_first(tmp_path: Path, server: tuple[str, ServerState]) 
 
 # ---- Hub-hosted entries go through huggingface_hub ---------------------------------------------------
 
+# Registry entries without a pinned sha256 (issue 14's adapter and restorer weights; see their notes).
+UNPINNED = {
+    "ip-adapter-faceid/sd15",
+    "ip-adapter-faceid/sdxl",
+    "restore/restoreformer",
+    "restore/gpen",
+}
+UNSIZED = {"restore/gfpgan"}  # its sha256 is pinned by two manifests, its byte size by none
+
 HUB_PATH = "/org/tiny-model/resolve/0123abcd/onnx/tiny.onnx"
 
 
@@ -286,6 +299,8 @@ def test_hub_urls_are_parsed_and_every_registry_hub_url_takes_the_hub_path() -> 
     assert hub == HubFile("org/repo", "main", "models/a b.onnx")
     assert HubFile.from_url("https://github.com/org/repo/releases/download/v1/a.onnx", "https://huggingface.co") is None
     assert HubFile.from_url("https://huggingface.co/org/repo/blob/main/a.onnx", "https://huggingface.co") is None
+    dataset = HubFile.from_url("https://huggingface.co/datasets/org/data/resolve/v1/m/a.onnx", "https://huggingface.co")
+    assert dataset == HubFile("org/data", "v1", "m/a.onnx", "dataset")
     hub_urls = [u for s in DEFAULT_REGISTRY for u in s.urls if u.startswith("https://huggingface.co/")]
     assert hub_urls, "the registry has Hub-hosted entries"
     assert all(HubFile.from_url(u, "https://huggingface.co") is not None for u in hub_urls)

@@ -185,7 +185,8 @@ def test_group_photo_numbered_faces_and_a_chosen_face(state: UIState, t1: Path, 
     diff = np.abs(res.image.astype(int) - load_image(t1).rgb.astype(int)).sum(axis=2)
     inside = diff[round(y0) : round(y1), round(x0) : round(x1)].mean()
     others = [b for k, b in enumerate(view.boxes) if k != 2]
-    assert inside > 10 and all(diff[round(b[1]) : round(b[3]), round(b[0]) : round(b[2])].max() == 0 for b in others)
+    # The other faces carry only the invisible watermark (~3.5 summed over RGB, measured); the swapped one ~30.
+    assert inside > 10 and all(diff[round(b[1]) : round(b[3]), round(b[0]) : round(b[2])].mean() < 6 for b in others)
 
 
 def test_stored_identities_per_face_and_audited(state: UIState, t1: Path, hanks: Path) -> None:

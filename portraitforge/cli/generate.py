@@ -261,14 +261,18 @@ def generate(
             "--id-adapter",
             help="Draft-time identity: 'faceid' (IP-Adapter FaceID from the model store) or a FaceID "
             ".safetensors/.bin file. Needs --identity with an ArcFace (buffalo_l) embedding.",
+            metavar="faceid|FILE",
         ),
     ] = None,
-    id_scale: Annotated[float, typer.Option(help="IP-Adapter FaceID scale 0..2.")] = 0.7,
+    id_scale: Annotated[float, typer.Option(min=0.0, max=2.0, help="IP-Adapter FaceID scale.", metavar="0..2")] = 0.7,
     keep: Annotated[
         int | None,
         typer.Option(
             "--keep",
-            help="Best-of-N: draw -n candidates, refine them, keep the K the grader ranks highest (needs --identity).",
+            help="Best-of-N: draw -n candidates, refine them, keep the K the grader ranks highest (needs "
+            "--identity; default: keep all).",
+            metavar="K",
+            show_default=False,
         ),
     ] = None,
     watermark: Annotated[
@@ -277,7 +281,10 @@ def generate(
     nsfw_check: Annotated[
         bool | None, typer.Option("--nsfw-check/--no-nsfw-check", help="NSFW gate on the portrait (extra: nsfw).")
     ] = None,
-    nsfw_policy: Annotated[str | None, typer.Option(help="NSFW gate policy: refuse | blur | flag.")] = None,
+    nsfw_policy: Annotated[
+        str | None,
+        typer.Option(help=preset_help("NSFW gate policy: refuse | blur | flag.", "nsfw_policy"), metavar="POLICY"),
+    ] = None,
 ) -> None:
     """Draw portraits from PROMPT with a Stable Diffusion model and refine them toward IDENTITY."""
     # Checks that need no model come first: a bad value or an unwritable folder fails in a second.

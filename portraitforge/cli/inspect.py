@@ -48,7 +48,8 @@ def inspect(
         try:
             report = inspect_image(path, logs)
         except PortraitForgeError as exc:  # per file, like swap: the others are still inspected
-            typer.echo(f"error: {path}: {exc.message}", err=True)
+            message = exc.message if exc.message.startswith(str(path)) else f"{path}: {exc.message}"
+            typer.echo(f"error: {message}", err=True)
             code = max(code, EXIT_USAGE if isinstance(exc, ParameterError) else EXIT_CODES[exc.status])
             continue
         if report.credentials.state == "invalid":

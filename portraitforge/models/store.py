@@ -73,17 +73,21 @@ class HubFile:
     repo_id: str
     revision: str
     filename: str
+    repo_type: str = "model"  # or "dataset" (`<endpoint>/datasets/<org>/<repo>/resolve/...`)
 
     @classmethod
     def from_url(cls, url: str, endpoint: str) -> HubFile | None:
-        """`<endpoint>/<org>/<repo>/resolve/<revision>/<path>` as a HubFile; None for any other URL."""
+        """`<endpoint>/[datasets/]<org>/<repo>/resolve/<revision>/<path>` as a HubFile; None for any other URL."""
         prefix = endpoint.rstrip("/") + "/"
         if not url.startswith(prefix):
             return None
         parts = [urllib.parse.unquote(part) for part in url[len(prefix) :].split("?")[0].split("/")]
+        repo_type = "model"
+        if parts and parts[0] == "datasets":
+            repo_type, parts = "dataset", parts[1:]
         if len(parts) < 5 or parts[2] != "resolve" or not all(parts):
             return None
-        return cls(repo_id="/".join(parts[:2]), revision=parts[3], filename="/".join(parts[4:]))
+        return cls("/".join(parts[:2]), parts[3], "/".join(parts[4:]), repo_type)
 
 
 def default_models_dir(models_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -404,6 +408,7 @@ class ModelStore:
                 hub.repo_id,
                 hub.filename,
                 revision=hub.revision,
+                repo_type=hub.repo_type,
                 local_dir=staging,
                 endpoint=endpoint,
                 etag_timeout=self.timeout,
