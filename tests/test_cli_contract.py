@@ -270,6 +270,7 @@ NO_FILE_CASES = {
     ("models", "list"): "reads the store",
     ("models", "verify"): "reads the store",
     ("models", "path"): "prints a path",
+    ("inspect",): "--log and --store are only read (a missing log finds no entry); it writes nothing",
 }
 
 
