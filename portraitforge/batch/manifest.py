@@ -215,7 +215,7 @@ class Manifest:
 
     def recover(self, output_dir: Path, verify_hashes: bool = False) -> dict[str, int]:
         """Undo what a killed run left behind. Call with the run lock held."""
-        from portraitforge.batch.spec import file_sha256
+        from portraitforge.atomic import file_sha256
 
         stats = {"rolled_back": 0, "missing_outputs": 0, "corrupt_outputs": 0, "temp_files": 0}
         now = time.time()

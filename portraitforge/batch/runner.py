@@ -33,12 +33,12 @@ from typing import Any, Literal, Protocol
 
 from filelock import FileLock, Timeout
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.batch.faults import FaultPlan
 from portraitforge.batch.manifest import ItemOutcome, Manifest, Summary
 from portraitforge.batch.spec import BatchItem, LoadedSpec, expand
 from portraitforge.batch.worker import BatchWorker, ItemResult, WorkerConfig, WorkerStartupError
 from portraitforge.errors import BadInputError, PortraitForgeError
-from portraitforge.imageio import write_bytes_atomic
 from portraitforge.types import Status
 
 LOCK_NAME = ".manifest.lock"
@@ -428,9 +428,9 @@ def _record(
 ) -> None:
     """File first (atomic + fsync), then the row: a done row always points at a complete file."""
     if result.status == "done" and result.data is not None:
-        write_bytes_atomic(output_dir / item.output_relpath, result.data)
+        atomic_write_bytes(output_dir / item.output_relpath, result.data)
         if result.draft_data is not None:
-            write_bytes_atomic(output_dir / DRAFTS_DIR / item.output_relpath, result.draft_data)
+            atomic_write_bytes(output_dir / DRAFTS_DIR / item.output_relpath, result.draft_data)
         after_write()  # the fault hook's window: files durable, row not yet committed
     manifest.finish(
         item.id,

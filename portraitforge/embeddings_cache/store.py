@@ -35,8 +35,8 @@ import numpy as np
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from portraitforge.atomic import atomic_write_bytes, fsync_dir
-from portraitforge.embeddings_cache.audit import AUDIT_FILE, AuditEntry, AuditLog, current_user, file_sha256, utc_now
+from portraitforge.atomic import atomic_write_bytes, file_sha256, fsync_dir
+from portraitforge.embeddings_cache.audit import AUDIT_FILE, AuditEntry, AuditLog, current_user, utc_now
 from portraitforge.embeddings_cache.codec import (
     decode_tensors,
     encode_export,

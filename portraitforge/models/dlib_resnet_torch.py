@@ -32,7 +32,6 @@ shape and hyper-parameter against the expected architecture and that the file en
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from portraitforge.atomic import atomic_write_bytes
+from portraitforge.atomic import atomic_write_bytes, bytes_sha256
 from portraitforge.errors import ModelUnavailableError
 
 CHIP_SIZE = 150
@@ -391,14 +390,6 @@ class DlibResNet(nn.Module):
 # Conversion cache
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     from portraitforge.paths import home_dir
 
@@ -414,7 +405,7 @@ def load_weights(path: Path, cache_dir: str | os.PathLike[str] | None = None) ->
     from safetensors.numpy import save as save_safetensors
 
     data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
+    sha = bytes_sha256(data)
     folder = default_cache_dir() if cache_dir is None else (Path(cache_dir) if str(cache_dir) else None)
     cache = folder / f"{path.stem}.torch-v{CONVERTER_VERSION}.{sha[:16]}.safetensors" if folder else None
     if cache is not None and cache.is_file():

