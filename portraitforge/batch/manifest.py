@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from portraitforge.batch.spec import BatchItem
+from portraitforge.types import fields_dict
 
 STATUSES = ("pending", "running", "done", "failed")
 SCHEMA_VERSION = 1
@@ -121,10 +122,7 @@ class Summary:
         return {
             "total": self.total,
             **self.counts,
-            "stale": self.stale,
-            "failures": self.failures,
-            "quality": self.quality,
-            "mean_duration_ms": self.mean_duration_ms,
+            **fields_dict(self, "stale", "failures", "quality", "mean_duration_ms"),
         }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from portraitforge.errors import BadInputError, OutOfMemoryError
 from portraitforge.refiners.base import Upscaler
-from portraitforge.types import ImageRGB
+from portraitforge.types import ImageRGB, fields_dict
 
 if TYPE_CHECKING:
     # torch (and spandrel) are imported on first use: `none`/`lanczos` and CLI start-up should not pay ~3 s.
@@ -233,9 +233,7 @@ class RealESRGANUpscaler:
         return {
             "upscaler": self.name,
             **self.model.params(),
-            "tile": self.tile,
-            "overlap": self.overlap,
-            "feather": self.feather,
+            **fields_dict(self, "tile", "overlap", "feather"),
         }
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
