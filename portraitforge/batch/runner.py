@@ -39,6 +39,7 @@ from portraitforge.batch.manifest import ItemOutcome, Manifest, Summary
 from portraitforge.batch.spec import BatchItem, LoadedSpec, expand
 from portraitforge.batch.worker import BatchWorker, ItemResult, WorkerConfig, WorkerStartupError
 from portraitforge.errors import BadInputError, PortraitForgeError
+from portraitforge.progress import progress_bar
 from portraitforge.types import Status
 
 LOCK_NAME = ".manifest.lock"
@@ -454,36 +455,14 @@ def _record(
 
 @contextlib.contextmanager
 def _progress(total: int, enabled: bool) -> Iterator[Callable[[ItemResult], None]]:
-    """A rich progress bar on stderr with rate and ETA; a no-op when disabled."""
-    if not enabled or total == 0:
-        yield lambda result: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]batch"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("batch", total=total, failed=0)
-        failed = 0
+    """The package's tqdm bar on stderr (rate, ETA, failures so far); a no-op when disabled."""
+    failed = 0
+    with progress_bar(desc="batch", unit="item", total=total, enabled=enabled and total > 0) as bar:
 
         def advance(result: ItemResult) -> None:
             nonlocal failed
             failed += result.status == "failed"
-            bar.update(task, advance=1, failed=failed)
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update(1)
 
         yield advance

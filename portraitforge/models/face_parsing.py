@@ -208,10 +208,7 @@ class FaceParser:
     @classmethod
     def load(cls, path: Path, num_threads: int | None = None) -> FaceParser:
         model = LiteModel.load(path, num_threads=num_threads)
-        shape = model.input_shape()
-        if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2]:
-            raise ModelUnavailableError(f"{Path(path).name}: expected a [1,S,S,3] input, got {list(shape)}")
-        return cls(model=model, size=shape[1])
+        return cls(model=model, size=model.square_input_side(3))
 
     def crop_matrix(self, face_box: FloatArray) -> FloatArray:
         return square_crop_matrix(face_box, self.size, self.crop_scale, self.crop_raise)

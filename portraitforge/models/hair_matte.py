@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from portraitforge.errors import BadInputError, ModelUnavailableError
+from portraitforge.errors import BadInputError
 from portraitforge.models.face_parsing import (
     crop_to_crop,
     from_model_output,
@@ -62,10 +62,7 @@ class HairMatte:
     @classmethod
     def load(cls, path: Path, num_threads: int | None = None) -> HairMatte:
         model = LiteModel.load(path, num_threads=num_threads)
-        shape = model.input_shape()
-        if len(shape) != 4 or shape[0] != 1 or shape[3] != 4 or shape[1] != shape[2]:
-            raise ModelUnavailableError(f"{Path(path).name}: expected a [1,S,S,4] input, got {list(shape)}")
-        return cls(model=model, size=shape[1])
+        return cls(model=model, size=model.square_input_side(4))
 
     def crop_matrix(self, face_box: FloatArray) -> FloatArray:
         return square_crop_matrix(face_box, self.size, self.crop_scale, self.crop_raise)

