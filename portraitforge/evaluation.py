@@ -37,6 +37,18 @@ from portraitforge.refiners.quality import laplacian_variance
 from portraitforge.types import Face, ImageRGB
 
 HAIR_TOLERANCE = 0.005  # share of the target's face area: below this is parser noise along the hairline
+GRADER_MIN_SIMILARITY = 0.45
+DLIB_MAX_DISTANCE = 0.6
+
+
+def grader_rule(similarity: float, original: float) -> bool:
+    """The second recogniser's pass rule (module docstring): close enough, and closer than the original."""
+    return similarity >= GRADER_MIN_SIMILARITY and similarity > original
+
+
+def dlib_rule(distance: float, original: float) -> bool:
+    """dlib's pass rule (module docstring): near enough, and nearer than the original."""
+    return distance < DLIB_MAX_DISTANCE and distance < original
 
 
 @dataclass(frozen=True)
@@ -56,20 +68,20 @@ class PairResult:
 
     @property
     def grader_pass(self) -> bool:
-        return self.grader_identity >= 0.45 and self.grader_identity > self.grader_original
+        return grader_rule(self.grader_identity, self.grader_original)
 
     @property
     def dlib_pass(self) -> bool:
-        return self.dlib_identity < 0.6 and self.dlib_identity < self.dlib_original
+        return dlib_rule(self.dlib_identity, self.dlib_original)
 
     @property
     def grader_heldout_pass(self) -> bool:
         """The grader rule with the held-out photos in place of the identity photo (same original)."""
-        return self.grader_heldout >= 0.45 and self.grader_heldout > self.grader_original
+        return grader_rule(self.grader_heldout, self.grader_original)
 
     @property
     def dlib_heldout_pass(self) -> bool:
-        return self.dlib_heldout < 0.6 and self.dlib_heldout < self.dlib_original
+        return dlib_rule(self.dlib_heldout, self.dlib_original)
 
     @property
     def hair_pass(self) -> bool:

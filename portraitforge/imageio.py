@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import stat
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.errors import BadInputError
 from portraitforge.types import ImageRGB
 
@@ -125,7 +123,7 @@ def save_image(
     """
     target = Path(path)
     data = encode_image(rgb, output_format_for(target), metadata, alpha, jpeg_quality, text_chunks)
-    return write_bytes_atomic(target, data)
+    return atomic_write_bytes(target, data)
 
 
 def encode_image(
@@ -161,39 +159,6 @@ def encode_image(
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Temp file in the same folder + fsync + rename + fsync of the folder: all or nothing, and durable."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        # mkstemp creates 0600; give the file the mode a plain open() would (or the replaced file's).
-        try:
-            mode = stat.S_IMODE(os.stat(target).st_mode)
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    # The rename itself is durable only once the directory entry is on disk.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return target
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -13,6 +13,13 @@ ImageRGB: TypeAlias = NDArray[Any]  # H x W x 3, RGB, uint8
 FloatArray: TypeAlias = NDArray[Any]  # float32 vectors, points and masks
 
 
+def fields_dict(record: object, *names: str) -> dict[str, Any]:
+    """`{name: record.name}` for the named attributes, in the given order: the stages' `params()` and the
+    records' `to_dict()` choose which fields a report shows and in what order (reports compare byte for byte),
+    so `dataclasses.asdict` (every field, deep-copied) fits only the records that show all of theirs."""
+    return {name: getattr(record, name) for name in names}
+
+
 class Status(enum.StrEnum):
     OK = "OK"
     LOW_QUALITY = "LOW_QUALITY"

@@ -26,10 +26,10 @@ from portraitforge.models.diffusion import (
     ModelFamily,
     ModelSource,
     SourceKind,
+    cached_file_sha256,
     detect_folder_family,
     detect_single_file_family,
     dtype_kwargs,
-    file_sha256,
     folder_fingerprint,
     load_text2image,
     resolve_device,
@@ -206,7 +206,7 @@ def test_device_and_dtype() -> None:
 def test_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]) -> None:
     blob = tmp_path / "w.safetensors"
     blob.write_bytes(b"abc" * 1000)
-    assert file_sha256(blob) == hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert cached_file_sha256(blob) == hashlib.sha256(blob.read_bytes()).hexdigest()
     cache = json.loads((tmp_path / "home" / "cache" / "sha256.json").read_text())
     assert list(cache.values()) == [hashlib.sha256(blob.read_bytes()).hexdigest()]
     # Folder fingerprint: a same-size change inside a weight file (a fine-tune) changes it.

@@ -18,7 +18,7 @@ from identity_store_fixtures import (
     tree_hash,
 )
 
-from portraitforge.embeddings_cache.audit import file_sha256
+from portraitforge.atomic import file_sha256
 from portraitforge.embeddings_cache.records import IdentityCorruptedError, seal, validate_name
 from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.errors import BadInputError, ModelUnavailableError, NoFaceError

@@ -12,7 +12,7 @@ import pytest
 from identity_store_fixtures import CountingAnalyzer
 from shared_data import faces_folder, shared_photos
 
-from portraitforge.embeddings_cache.audit import file_sha256
+from portraitforge.atomic import file_sha256
 from portraitforge.embeddings_cache.consensus import PhotoData, SpaceSpec, analyze_photo, build_consensus
 from portraitforge.embeddings_cache.store import IdentityStore
 from portraitforge.imageio import load_image

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from portraitforge.atomic import file_sha256
 from portraitforge.errors import BadInputError, ModelUnavailableError, OutOfMemoryError
 from portraitforge.models.realesrgan_ncnn import (
     EMBEDDED_REALESRGAN,
@@ -21,7 +22,6 @@ from portraitforge.models.realesrgan_ncnn import (
     load_converted_state_dict,
     ncnn_models_dir,
     parse_param,
-    sha256_file,
     trailing_downscale,
 )
 from portraitforge.models.upscalers import load_upscale_model
@@ -82,7 +82,7 @@ def test_param_files_show_x2_x3_are_the_x4_net_plus_bicubic() -> None:
     folder = ncnn_models_dir()
     x4 = folder / "realesr-animevideov3-x4.bin"
     for suffix, factor in (("x2", 0.5), ("x3", 0.75)):
-        assert sha256_file(folder / f"realesr-animevideov3-{suffix}.bin") == sha256_file(x4)
+        assert file_sha256(folder / f"realesr-animevideov3-{suffix}.bin") == file_sha256(x4)
         layers = parse_param((folder / f"realesr-animevideov3-{suffix}.param").read_text())
         assert trailing_downscale(layers) == factor
     assert trailing_downscale(parse_param((folder / "realesr-animevideov3-x4.param").read_text())) is None
@@ -202,7 +202,7 @@ def test_cache_is_reused_and_corruption_is_rebuilt(tmp_path: Path) -> None:
     entry = EMBEDDED_REALESRGAN["realesr-animevideov3"]
     first = ensure_converted(entry, cache_dir=tmp_path)
     assert first.converted and first.path.parent == tmp_path
-    assert sha256_file(first.path) == entry.converted_sha256
+    assert file_sha256(first.path) == entry.converted_sha256
     stamp = first.path.stat().st_mtime_ns
 
     again = ensure_converted(entry, cache_dir=tmp_path)
@@ -212,11 +212,11 @@ def test_cache_is_reused_and_corruption_is_rebuilt(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF  # one flipped bit pattern in the weights
     first.path.write_bytes(bytes(data))
     rebuilt = ensure_converted(entry, cache_dir=tmp_path)
-    assert rebuilt.converted and sha256_file(rebuilt.path) == entry.converted_sha256
+    assert rebuilt.converted and file_sha256(rebuilt.path) == entry.converted_sha256
 
     first.path.write_bytes(b"")  # truncated
     state = load_converted_state_dict(entry, cache_dir=tmp_path)
-    assert sha256_file(first.path) == entry.converted_sha256
+    assert file_sha256(first.path) == entry.converted_sha256
     assert state["body.0.weight"].shape == (64, 3, 3, 3) and state["body.0.weight"].dtype == torch.float32
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files behind
 
@@ -259,7 +259,7 @@ def test_spandrel_model_files_load_by_path(home: Path, tmp_path: Path, face_patc
     embedded = build_upscaler("realesr-animevideov3")(face_patch)
     for path in (as_safetensors, as_pth):
         upscaler = build_upscaler(str(path))
-        assert upscaler.scale == 4 and upscaler.params()["sha256"] == sha256_file(path)
+        assert upscaler.scale == 4 and upscaler.params()["sha256"] == file_sha256(path)
         np.testing.assert_array_equal(upscaler(face_patch), embedded)
 
 

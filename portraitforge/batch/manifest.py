@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from portraitforge.batch.spec import BatchItem
+from portraitforge.types import fields_dict
 
 STATUSES = ("pending", "running", "done", "failed")
 SCHEMA_VERSION = 1
@@ -121,10 +122,7 @@ class Summary:
         return {
             "total": self.total,
             **self.counts,
-            "stale": self.stale,
-            "failures": self.failures,
-            "quality": self.quality,
-            "mean_duration_ms": self.mean_duration_ms,
+            **fields_dict(self, "stale", "failures", "quality", "mean_duration_ms"),
         }
 
 
@@ -215,7 +213,7 @@ class Manifest:
 
     def recover(self, output_dir: Path, verify_hashes: bool = False) -> dict[str, int]:
         """Undo what a killed run left behind. Call with the run lock held."""
-        from portraitforge.batch.spec import file_sha256
+        from portraitforge.atomic import file_sha256
 
         stats = {"rolled_back": 0, "missing_outputs": 0, "corrupt_outputs": 0, "temp_files": 0}
         now = time.time()

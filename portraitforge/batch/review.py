@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.batch.manifest import Manifest
 from portraitforge.batch.spec import BatchItem, LoadedSpec
-from portraitforge.imageio import encode_image, write_bytes_atomic
+from portraitforge.imageio import encode_image
 
 REVIEW_DIR = "review"
 THUMB = 192
@@ -97,10 +98,10 @@ def write_review(loaded: LoadedSpec, manifest: Manifest, items: list[BatchItem])
         done = sum(1 for _, r in entries if r is not None and r["status"] == "done")
         sheet = contact_sheet(output_dir, entries, f"{loaded.spec.name} - {label} ({done}/{len(entries)} done)")
         name = f"{_safe_name(label)}.jpg"
-        write_bytes_atomic(review_dir / name, encode_image(np.asarray(sheet), "JPEG", jpeg_quality=88))
+        atomic_write_bytes(review_dir / name, encode_image(np.asarray(sheet), "JPEG", jpeg_quality=88))
         sheets[label] = name
     index = review_dir / "index.html"
-    write_bytes_atomic(index, _index_html(loaded, items, rows, sheets, review_dir).encode("utf-8"))
+    atomic_write_bytes(index, _index_html(loaded, items, rows, sheets, review_dir).encode("utf-8"))
     return index
 
 

@@ -33,12 +33,13 @@ from typing import Any, Literal, Protocol
 
 from filelock import FileLock, Timeout
 
+from portraitforge.atomic import atomic_write_bytes
 from portraitforge.batch.faults import FaultPlan
 from portraitforge.batch.manifest import ItemOutcome, Manifest, Summary
 from portraitforge.batch.spec import BatchItem, LoadedSpec, expand
 from portraitforge.batch.worker import BatchWorker, ItemResult, WorkerConfig, WorkerStartupError
 from portraitforge.errors import BadInputError, PortraitForgeError
-from portraitforge.imageio import write_bytes_atomic
+from portraitforge.progress import progress_bar
 from portraitforge.types import Status
 
 LOCK_NAME = ".manifest.lock"
@@ -428,9 +429,9 @@ def _record(
 ) -> None:
     """File first (atomic + fsync), then the row: a done row always points at a complete file."""
     if result.status == "done" and result.data is not None:
-        write_bytes_atomic(output_dir / item.output_relpath, result.data)
+        atomic_write_bytes(output_dir / item.output_relpath, result.data)
         if result.draft_data is not None:
-            write_bytes_atomic(output_dir / DRAFTS_DIR / item.output_relpath, result.draft_data)
+            atomic_write_bytes(output_dir / DRAFTS_DIR / item.output_relpath, result.draft_data)
         after_write()  # the fault hook's window: files durable, row not yet committed
     manifest.finish(
         item.id,
@@ -454,36 +455,14 @@ def _record(
 
 @contextlib.contextmanager
 def _progress(total: int, enabled: bool) -> Iterator[Callable[[ItemResult], None]]:
-    """A rich progress bar on stderr with rate and ETA; a no-op when disabled."""
-    if not enabled or total == 0:
-        yield lambda result: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]batch"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("batch", total=total, failed=0)
-        failed = 0
+    """The package's tqdm bar on stderr (rate, ETA, failures so far); a no-op when disabled."""
+    failed = 0
+    with progress_bar(desc="batch", unit="item", total=total, enabled=enabled and total > 0) as bar:
 
         def advance(result: ItemResult) -> None:
             nonlocal failed
             failed += result.status == "failed"
-            bar.update(task, advance=1, failed=failed)
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update(1)
 
         yield advance

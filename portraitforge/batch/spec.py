@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from portraitforge.atomic import file_sha256
 from portraitforge.config import RefineConfig
 from portraitforge.errors import BadInputError, ParameterError
 from portraitforge.imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS
@@ -463,14 +464,6 @@ class BatchItem:
 def item_id(params: dict[str, Any]) -> str:
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _identity_refs(loaded: LoadedSpec) -> list[IdentityRef]:

@@ -172,9 +172,9 @@ def export(
     ] = None,
 ) -> None:
     """Export the manifest rows of SPEC (one per item, in plan order)."""
+    from portraitforge.atomic import atomic_write_bytes
     from portraitforge.batch.manifest import Manifest
     from portraitforge.batch.spec import expand, load_spec
-    from portraitforge.imageio import write_bytes_atomic
 
     loaded = load_spec(spec)
     items = expand(loaded)
@@ -189,7 +189,7 @@ def export(
     if output is None:
         sys.stdout.write(text)
     else:
-        write_bytes_atomic(output, text.encode("utf-8"))
+        atomic_write_bytes(output, text.encode("utf-8"))
 
 
 @app.command("review")

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from tqdm import tqdm
 
 from portraitforge.cli.common import preset_help, single, stderr_is_tty, writable_dir
 from portraitforge.config import RefineConfig
 from portraitforge.errors import ParameterError, RunInterruptedError
 from portraitforge.paths import default_log_path
+from portraitforge.progress import progress_bar
 from portraitforge.types import EXIT_CODES, EXIT_LOW_QUALITY_STRICT, STATUS_SEVERITY, Status
 
 if TYPE_CHECKING:  # torch/diffusers are imported when `generate` runs, so other commands start fast
@@ -79,7 +79,7 @@ class _Bar:
     """Step progress across all images (retries extend the total)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = tqdm(total=total, desc="generate", unit="step", disable=not enabled, leave=False)
+        self.bar = progress_bar(desc="generate", unit="step", total=total, enabled=enabled, leave=False)
         self.seen: set[tuple[int, int]] = set()
 
     def __call__(self, event: ProgressEvent) -> None:

@@ -15,6 +15,7 @@ from portraitforge.cli.common import JSON_HELP, group, writable_dir
 from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError, PortraitForgeError
 from portraitforge.models.registry import DEFAULT_REGISTRY, MESH_PACK, ModelRegistry, UnknownModelError
 from portraitforge.models.store import FileStatus, ModelStore
+from portraitforge.progress import DownloadBars
 
 app = group(
     "models", "List, download, import, verify and locate model files (the mesh pack, inswapper_128, buffalo_l, ...)."
@@ -70,15 +71,6 @@ def _emit(payload: Any, as_json: bool, lines: list[str]) -> None:
             typer.echo(line)
 
 
-def _progress(label: str, done: int, total: int | None) -> None:
-    # Coarse progress on stderr (stdout stays clean for --json); one update per ~5 %.
-    if total:
-        pct = int(done * 100 / total)
-        if pct % 5 == 0 and pct != getattr(_progress, "_last", -1):
-            _progress._last = pct  # type: ignore[attr-defined]
-            print(f"\r{label}: {pct:3d}% of {total / 1e6:.1f} MB", end="" if pct < 100 else "\n", file=sys.stderr)
-
-
 @app.command("list")
 def list_models(models_dir: Path | None = MODELS_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Every registered model with its task, size, licence and whether it is in the store."""
@@ -111,7 +103,7 @@ def download_models(
     chosen = _names(store, names, pack)
     writable_dir(store.root, "model store folder")
     if not as_json:
-        store.progress = _progress
+        store.progress = DownloadBars()  # byte bars on stderr; stdout stays the result lines
     done: list[dict[str, Any]] = []
     for name in chosen:
         path = store.download(name, force=True) if force else store.ensure(name, download=True)
@@ -136,7 +128,7 @@ def setup_models(
     names = _names(store, None, [pack])
     writable_dir(store.root, "model store folder")
     if not as_json and sys.stderr.isatty():
-        store.progress = _progress
+        store.progress = DownloadBars()  # byte bars on stderr; stdout stays the result lines
     width = _width(store)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []

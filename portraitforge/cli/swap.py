@@ -171,6 +171,7 @@ def swap(
     from portraitforge.paths import default_log_path
     from portraitforge.pipelines.refine import RefinePipeline
     from portraitforge.pipelines.refine_files import append_log, output_path_for, refine_file
+    from portraitforge.progress import progress_bar
 
     overrides = _overrides(
         select=select,
@@ -229,7 +230,7 @@ def swap(
 
     worst = Status.OK
     # The bar only goes to a terminal; logs and pipes get the per-file lines alone.
-    progress = tqdm(files, desc="swap", unit="img", disable=len(files) < 2 or not stderr_is_tty())
+    progress = progress_bar(files, desc="swap", unit="img", enabled=len(files) > 1 and stderr_is_tty())
     for target, out_path in zip(progress, outputs, strict=True):
         report = refine_file(pipe, target, ident, out_path, jpeg_quality, reference_embedding=reference_vec)
         report.timings_ms = {"identity": identity_ms if target == files[0] else 0.0, **report.timings_ms}

@@ -8,7 +8,6 @@ A use of a stored identity (`IdentityStore.get`) is one line whose `operation` a
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from portraitforge.atomic import file_sha256, fsync_dir
 from portraitforge.errors import BadInputError
 
 AUDIT_FILE = "audit.jsonl"
@@ -25,14 +25,6 @@ AUDIT_FILE = "audit.jsonl"
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def current_user() -> str | None:
@@ -106,12 +98,16 @@ class AuditLog:
         with FileLock(str(self.lock_path), timeout=self.lock_timeout):
             # One write() of the whole line with O_APPEND, then fsync: a crash never leaves half a line
             # in the middle of the file, and the lock keeps concurrent writers in order.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            # Mode 0o666 minus the umask: the package's one file mode policy (see portraitforge.atomic).
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
             try:
                 os.write(fd, line.encode("utf-8"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if created:  # a new log's directory entry is durable only once its folder is synced
+                fsync_dir(self.path.parent)
         return entry
 
     def read(self) -> list[dict[str, Any]]:

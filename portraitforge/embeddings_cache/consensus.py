@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from portraitforge.embeddings_cache.audit import file_sha256
+from portraitforge.atomic import file_sha256
 from portraitforge.embeddings_cache.identity import REFERENCE_MARGIN, REFERENCE_MAX, REFERENCE_MIN
 from portraitforge.embeddings_cache.records import STORED_CROP_SIZE, Metric, ModelRef
 from portraitforge.errors import BadInputError, NoFaceError

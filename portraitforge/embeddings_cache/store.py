@@ -35,8 +35,8 @@ import numpy as np
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from portraitforge.atomic import atomic_write_bytes, fsync_dir
-from portraitforge.embeddings_cache.audit import AUDIT_FILE, AuditEntry, AuditLog, current_user, file_sha256, utc_now
+from portraitforge.atomic import atomic_write_bytes, file_sha256, fsync_dir
+from portraitforge.embeddings_cache.audit import AUDIT_FILE, AuditEntry, AuditLog, current_user, utc_now
 from portraitforge.embeddings_cache.codec import (
     decode_tensors,
     encode_export,
@@ -414,7 +414,9 @@ class IdentityStore:
         if clash:
             raise BadInputError(f"identity '{name}' clashes with '{clash[0]}' (names are case-insensitive)")
         tmp = self.identities_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True)
+        # Face crops and embeddings are biometric data: the identity's folder is its owner's alone, whatever
+        # the modes of the files inside (atomic.py's one policy gives them what a plain open() would).
+        tmp.mkdir(parents=True, mode=0o700)
         try:
             record = self._write(tmp, record, tensors)
             os.rename(tmp, folder)  # atomic: the identity appears complete or not at all

@@ -32,10 +32,9 @@ shape and hyper-parameter against the expected architecture and that the file en
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from portraitforge.atomic import atomic_write_bytes
+from portraitforge.atomic import atomic_write_bytes, bytes_sha256
 from portraitforge.errors import ModelUnavailableError
+from portraitforge.refiners.upscale import torch_threads
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25  # what dlib's compute_face_descriptor uses for get_face_chip_details
@@ -391,14 +391,6 @@ class DlibResNet(nn.Module):
 # Conversion cache
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     from portraitforge.paths import home_dir
 
@@ -414,7 +406,7 @@ def load_weights(path: Path, cache_dir: str | os.PathLike[str] | None = None) ->
     from safetensors.numpy import save as save_safetensors
 
     data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
+    sha = bytes_sha256(data)
     folder = default_cache_dir() if cache_dir is None else (Path(cache_dir) if str(cache_dir) else None)
     cache = folder / f"{path.stem}.torch-v{CONVERTER_VERSION}.{sha[:16]}.safetensors" if folder else None
     if cache is not None and cache.is_file():
@@ -435,20 +427,6 @@ def load_weights(path: Path, cache_dir: str | os.PathLike[str] | None = None) ->
 
 # --------------------------------------------------------------------------------------------------
 # Descriptor backend: dlib's chip alignment + the torch network
-
-
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run with `num_threads` intra-op threads and restore the previous setting afterwards."""
-    if num_threads is None or num_threads == torch.get_num_threads():
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def dlib_shape(landmarks68: np.ndarray, box: np.ndarray) -> Any:
@@ -507,12 +485,12 @@ class TorchDescriptorBackend:
         cache_dir: str | os.PathLike[str] | None = None,
         channels_last: bool = True,
     ) -> TorchDescriptorBackend:
-        with _torch_threads(num_threads):  # the channels_last conversion copies every weight
+        with torch_threads(num_threads):  # the channels_last conversion copies every weight
             net = DlibResNet.from_dat(path, cache_dir=cache_dir, channels_last=channels_last)
         return cls(net=net, num_threads=num_threads)
 
     def compute_chips(self, chips: np.ndarray) -> np.ndarray:
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return self.net.embed_chips(chips)
 
     def compute(self, image_rgb: np.ndarray, landmarks68: np.ndarray, box: np.ndarray) -> np.ndarray:

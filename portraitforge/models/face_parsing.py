@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import cv2
 import numpy as np
@@ -196,31 +196,43 @@ class FaceParsing:
 
 
 @dataclass
-class FaceParser:
-    """BiSeNetV2 19-class parser: 448x448 RGB (x - 128) / 128 of a crop 2x the face box, raised 0.1 box height."""
+class SquareCropModel:
+    """A TFLite net that reads a square crop around a face box ([1,S,S,channels] input): the face parser and
+    the hair matte. `crop_scale` is the crop's side in face-box sizes, `crop_raise` its upward shift."""
 
+    channels: ClassVar[int]
     model: LiteModel
     size: int
-    crop_scale: float = 2.0
-    crop_raise: float = 0.1
-    name: str = "bisenetv2_face_parsing"
+    crop_scale: float = 2.0  # each model states its own (below)
+    crop_raise: float = 0.0
 
     @classmethod
-    def load(cls, path: Path, num_threads: int | None = None) -> FaceParser:
+    def load(cls, path: Path, num_threads: int | None = None) -> Self:
         model = LiteModel.load(path, num_threads=num_threads)
-        shape = model.input_shape()
-        if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2]:
-            raise ModelUnavailableError(f"{Path(path).name}: expected a [1,S,S,3] input, got {list(shape)}")
-        return cls(model=model, size=shape[1])
+        return cls(model=model, size=model.square_input_side(cls.channels))
 
     def crop_matrix(self, face_box: FloatArray) -> FloatArray:
         return square_crop_matrix(face_box, self.size, self.crop_scale, self.crop_raise)
 
-    def parse(self, image_rgb: ImageRGB, face_box: FloatArray) -> FaceParsing:
+    def face_crop(self, image_rgb: ImageRGB, face_box: FloatArray, what: str) -> tuple[FloatArray, ImageRGB]:
+        """(image -> crop matrix, the crop) for `face_box`; `what` names the model in the bad-input message."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise BadInputError("face parser expects an RGB uint8 image")
+            raise BadInputError(f"{what} expects an RGB uint8 image")
         matrix = self.crop_matrix(face_box)
-        crop = warp_crop(image_rgb, matrix, self.size)
+        return matrix, warp_crop(image_rgb, matrix, self.size)
+
+
+@dataclass
+class FaceParser(SquareCropModel):
+    """BiSeNetV2 19-class parser: 448x448 RGB (x - 128) / 128 of a crop 2x the face box, raised 0.1 box height."""
+
+    channels: ClassVar[int] = 3
+    crop_scale: float = 2.0
+    crop_raise: float = 0.1
+    name: str = "bisenetv2_face_parsing"
+
+    def parse(self, image_rgb: ImageRGB, face_box: FloatArray) -> FaceParsing:
+        matrix, crop = self.face_crop(image_rgb, face_box, "face parser")
         x = (crop.astype(np.float32)[None] - 128.0) / 128.0
         out = self.model.run(to_model_input(x, self.model.inputs[0]))[0]
         return FaceParsing(labels=self._labels(out), matrix=matrix)

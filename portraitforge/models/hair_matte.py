@@ -7,22 +7,19 @@ any aligned crop (bilinear) without re-running the network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
-from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.face_parsing import (
+    SquareCropModel,
     crop_to_crop,
     from_model_output,
     identity_matrix,
     size_wh,
-    square_crop_matrix,
     to_model_input,
-    warp_crop,
 )
-from portraitforge.models.litert import LiteModel
 from portraitforge.types import FloatArray, ImageRGB
 
 
@@ -49,32 +46,17 @@ class HairMatteResult:
 
 
 @dataclass
-class HairMatte:
+class HairMatte(SquareCropModel):
     """Input [1,512,512,4]: RGB in [0,1] of a crop 2.2x the face box plus a zero previous-mask
     channel; output 2-class logits, softmax channel 1 = hair."""
 
-    model: LiteModel
-    size: int
+    channels: ClassVar[int] = 4
     crop_scale: float = 2.2
     crop_raise: float = 0.1  # hair sits above and beside the face, rarely below the chin
     name: str = "hair_segmentation"
 
-    @classmethod
-    def load(cls, path: Path, num_threads: int | None = None) -> HairMatte:
-        model = LiteModel.load(path, num_threads=num_threads)
-        shape = model.input_shape()
-        if len(shape) != 4 or shape[0] != 1 or shape[3] != 4 or shape[1] != shape[2]:
-            raise ModelUnavailableError(f"{Path(path).name}: expected a [1,S,S,4] input, got {list(shape)}")
-        return cls(model=model, size=shape[1])
-
-    def crop_matrix(self, face_box: FloatArray) -> FloatArray:
-        return square_crop_matrix(face_box, self.size, self.crop_scale, self.crop_raise)
-
     def matte(self, image_rgb: ImageRGB, face_box: FloatArray) -> HairMatteResult:
-        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise BadInputError("hair matte expects an RGB uint8 image")
-        matrix = self.crop_matrix(face_box)
-        crop = warp_crop(image_rgb, matrix, self.size)
+        matrix, crop = self.face_crop(image_rgb, face_box, "hair matte")
         x = np.zeros((1, self.size, self.size, 4), np.float32)
         # Channel 3 is the previous frame's mask in MediaPipe's video graph; a still image has none.
         x[0, :, :, :3] = crop.astype(np.float32) / 255.0

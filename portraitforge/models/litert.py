@@ -78,6 +78,13 @@ class LiteModel:
     def input_shape(self, index: int = 0) -> tuple[int, ...]:
         return tuple(int(v) for v in self.inputs[index]["shape"])
 
+    def square_input_side(self, channels: int) -> int:
+        """S of a [1,S,S,channels] input (the segmentation models' layout), else ModelUnavailableError."""
+        shape = self.input_shape()
+        if len(shape) != 4 or shape[0] != 1 or shape[3] != channels or shape[1] != shape[2]:
+            raise ModelUnavailableError(f"{self.path.name}: expected a [1,S,S,{channels}] input, got {list(shape)}")
+        return shape[1]
+
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Feed inputs in declaration order; return every output (copied out of the interpreter)."""
         for detail, array in zip(self.inputs, arrays, strict=True):

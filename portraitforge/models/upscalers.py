@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from portraitforge.atomic import file_sha256
 from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.realesrgan_ncnn import (
     EMBEDDED_REALESRGAN,
     graph_downscale,
     load_converted_state_dict,
-    sha256_file,
 )
 from portraitforge.refiners.upscale import looks_like_model_path
 
@@ -142,7 +142,7 @@ def load_upscale_model(
         net_scale=scale,
         downscale=None,
         source=str(path),
-        sha256=sha256_file(path),
+        sha256=file_sha256(path),
         device=dev,
         dtype=dtype,
     )

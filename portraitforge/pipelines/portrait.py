@@ -16,7 +16,7 @@ import inspect
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +77,7 @@ class GenerationParameters:
         return (self.seed + image_index + attempt * self.num_images) % (MAX_SEED + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "num_images": self.num_images,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "width": self.width,
-            "height": self.height,
-            "retries": self.retries,
-            "require_face": self.require_face,
-        }
+        return asdict(self)
 
 
 @dataclass

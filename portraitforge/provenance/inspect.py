@@ -90,7 +90,7 @@ def find_log_entries(output_id: str | None, sha256: str, logs: list[Path]) -> li
 
 
 def inspect_image(path: Path, logs: list[Path]) -> InspectReport:
-    from portraitforge.embeddings_cache.audit import file_sha256
+    from portraitforge.atomic import file_sha256
 
     loaded = load_image(path)  # validates the file: bad input is one line and exit 3
     credentials = verify(path)

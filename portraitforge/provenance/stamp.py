@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from portraitforge.imageio import encode_image, output_format_for, write_bytes_atomic
+from portraitforge.atomic import atomic_write_bytes, file_sha256
+from portraitforge.imageio import encode_image, output_format_for
 from portraitforge.provenance.credentials import ManifestFacts, Signer, SignerConfig
 from portraitforge.provenance.watermark import ID_HEX, Operation, WatermarkPayload, embed
 from portraitforge.types import ImageRGB
@@ -55,10 +56,6 @@ def _signer(config: SignerConfig | None) -> Signer | None:
 class Stamped:
     data: bytes
     record: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def pixels_sha256(rgb: ImageRGB) -> str:
@@ -136,13 +133,11 @@ def write_output(
     """`stamp_image` then an atomic write (temp file + fsync + rename), like `imageio.save_image`."""
     target = Path(path)
     stamped = stamp_image(rgb, output_format_for(target), operation, options, title=target.name, **kwargs)
-    write_bytes_atomic(target, stamped.data)
+    atomic_write_bytes(target, stamped.data)
     return stamped
 
 
 def file_ingredient(role: str, path: str | os.PathLike[str]) -> dict[str, str]:
-    from portraitforge.embeddings_cache.audit import file_sha256
-
     return {"role": role, "title": Path(path).name, "sha256": file_sha256(path)}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from portraitforge.types import FloatArray, ImageRGB
+from portraitforge.types import FloatArray, ImageRGB, fields_dict
 
 
 @dataclass
@@ -24,12 +24,7 @@ class FaceAdjuster:
     name: str = "adjust"
 
     def params(self) -> dict[str, Any]:
-        return {
-            "smoothing": self.smoothing,
-            "brightness": self.brightness,
-            "contrast": self.contrast,
-            "saturation": self.saturation,
-        }
+        return fields_dict(self, "smoothing", "brightness", "contrast", "saturation")
 
     @property
     def neutral(self) -> bool:

@@ -22,6 +22,7 @@ from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import ARCFACE_W600K_R50, GENDERAGE, SCRFD_10G
 from portraitforge.models.store import ModelStore
+from portraitforge.refiners.align import ARCFACE_TEMPLATE_112
 from portraitforge.refiners.detect import box_iou, order_faces
 from portraitforge.types import Face, FloatArray, ImageRGB
 
@@ -30,11 +31,9 @@ ARCFACE_SPACE = "arcface-512"
 # Approximate: published w600k_r50 verification thresholds sit around similarity 0.3-0.45.
 ARCFACE_MATCH_DISTANCE = 0.6
 
-# insightface's `arcface_dst` (float32 on purpose: `estimate_norm` builds its template in float32).
-ARCFACE_DST = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
+# insightface's `arcface_dst`: the one template (align.py) in float32 on purpose, as `estimate_norm` builds it
+# (the same literals, so bit-identical to insightface's own float32 array).
+ARCFACE_DST = ARCFACE_TEMPLATE_112.astype(np.float32)
 
 Gender = Literal["female", "male"]
 

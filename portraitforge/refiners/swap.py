@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from portraitforge.refiners.align import matrix_scale, transform_points, umeyama_similarity
-from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
+from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput, fields_dict
 
 JAW = list(range(0, 17))
 BROWS = list(range(17, 27))
@@ -183,11 +183,7 @@ class LandmarkSwapper:
         return {
             "engine": self.name,
             "mask": self.mask_shape,
-            "feather": self.feather,
-            "erode": self.erode,
-            "forehead_lift": self.forehead_lift,
-            "color_transfer": self.color_transfer,
-            "occlusion_aware": self.occlusion_aware,
+            **fields_dict(self, "feather", "erode", "forehead_lift", "color_transfer", "occlusion_aware"),
         }
 
     def __call__(self, crop: AlignedCrop, target_face: Face, identity: Identity, strength: float) -> SwapOutput:

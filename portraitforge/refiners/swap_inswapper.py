@@ -34,7 +34,7 @@ from portraitforge.models.store import ModelStore
 from portraitforge.refiners.align import matrix_scale, upscale_matrix
 from portraitforge.refiners.base import Upscaler
 from portraitforge.refiners.detect_insightface import ARCFACE_SPACE, _quiet, norm_matrix
-from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
+from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput, fields_dict
 
 SwapOrder = Literal["swap-upscale", "upscale-swap"]
 MaskKind = Literal["box", "ellipse"]
@@ -185,8 +185,7 @@ class InswapperSwapper:
     def params(self) -> dict[str, Any]:
         return {
             "engine": self.name,
-            "pixel_boost": self.pixel_boost,
-            "swap_order": self.swap_order,
+            **fields_dict(self, "pixel_boost", "swap_order"),
             "upscaler": None if self.upscaler is None else self.upscaler.name,
             "mask": self.mask_kind,
             "mask_blur": self.mask_blur,

@@ -29,7 +29,7 @@ from portraitforge.models.face_parsing import FACE_INTERIOR, FaceClass
 from portraitforge.models.mesh_topology import MeshTopology
 from portraitforge.refiners.align import matrix_scale, umeyama
 from portraitforge.refiners.swap import GRAY_CHROMA_STD, affine_maps, lighting_transfer
-from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput
+from portraitforge.types import AlignedCrop, Face, FloatArray, Identity, ImageRGB, SwapOutput, fields_dict
 
 # Mouth openness (inner-lip gap / mouth width) above which a mouth counts as open.
 MOUTH_OPEN_RATIO = 0.10
@@ -169,18 +169,13 @@ class MeshSwapper:
     def params(self) -> dict[str, Any]:
         return {
             "engine": self.name,
-            "feather": self.feather,
-            "erode": self.erode,
-            "outline_strength": self.outline_strength,
-            "color_transfer": self.color_transfer,
-            "lighting_sigma": self.lighting_sigma,
-            "occlusion_aware": self.occlusion_aware,
+            **fields_dict(
+                self, "feather", "erode", "outline_strength", "color_transfer", "lighting_sigma", "occlusion_aware"
+            ),
             "parsing": self.parser is not None,
-            "hair_margin": self.hair_margin,
-            "exclude_beards": self.exclude_beards,
-            "hairline_pull": self.hairline_pull,
-            "identity_colour_check": self.identity_colour_check,
-            "keep_detail": self.keep_detail,
+            **fields_dict(
+                self, "hair_margin", "exclude_beards", "hairline_pull", "identity_colour_check", "keep_detail"
+            ),
         }
 
     def _with_centres(self, points: FloatArray) -> FloatArray:

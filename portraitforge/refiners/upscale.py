@@ -20,7 +20,7 @@ import numpy as np
 
 from portraitforge.errors import BadInputError, OutOfMemoryError
 from portraitforge.refiners.base import Upscaler
-from portraitforge.types import ImageRGB
+from portraitforge.types import ImageRGB, fields_dict
 
 if TYPE_CHECKING:
     # torch (and spandrel) are imported on first use: `none`/`lanczos` and CLI start-up should not pay ~3 s.
@@ -166,13 +166,14 @@ def run_tiled_with_backoff(
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use `threads` intra-op threads for the block, then restore the previous value (no lasting global change)."""
-    if not threads:
-        yield
-        return
+    """Use `threads` intra-op threads for the block, then restore the previous value (no lasting global change).
+    None or 0 leaves torch's setting alone. The one such switch: the upscaler and the dlib descriptor use it."""
     import torch
 
     previous = torch.get_num_threads()
+    if not threads or threads == previous:
+        yield
+        return
     torch.set_num_threads(threads)
     try:
         yield
@@ -233,9 +234,7 @@ class RealESRGANUpscaler:
         return {
             "upscaler": self.name,
             **self.model.params(),
-            "tile": self.tile,
-            "overlap": self.overlap,
-            "feather": self.feather,
+            **fields_dict(self, "tile", "overlap", "feather"),
         }
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:

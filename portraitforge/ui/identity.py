@@ -6,9 +6,11 @@ and audit lines are the CLI's (`portraitforge identity ...`).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from portraitforge.errors import BadInputError
 from portraitforge.types import Status
@@ -18,6 +20,7 @@ from portraitforge.ui.words import status_html, ui_words
 
 PHOTO_COLUMNS = ["photo", "kept", "quality", "why rejected"]
 LIST_COLUMNS = ["name", "photos kept", "consent", "note", "updated"]
+P = ParamSpec("P")
 
 
 @dataclass
@@ -33,8 +36,17 @@ class IdentityResult:
         return status_html(self.status, self.message)
 
 
-def _failed(out: dict[str, Any]) -> IdentityResult:
-    return IdentityResult(out.get("status", Status.INTERNAL.value), ui_words(out.get("message", "unknown failure")))
+def _one_line(handler: Callable[P, IdentityResult]) -> Callable[P, IdentityResult]:
+    """Run a handler under `captured`: any failure becomes a one-line IdentityResult, never an exception."""
+
+    @functools.wraps(handler)
+    def run(*args: P.args, **kwargs: P.kwargs) -> IdentityResult:
+        out: dict[str, Any] = {}
+        with captured(out):
+            return handler(*args, **kwargs)
+        return IdentityResult(out.get("status", Status.INTERNAL.value), ui_words(out.get("message", "unknown failure")))
+
+    return run
 
 
 def identity_rows(state: UIState) -> list[list[Any]]:
@@ -74,87 +86,77 @@ def _details(meta: dict[str, Any]) -> str:
     return f"**{meta['name']}**: reference photo {reference}; embeddings: {', '.join(meta['spaces'])}  \n{said}"
 
 
+@_one_line
 def add_identity(
     state: UIState, name: str, photos: list[Any] | None, consent: str = "", note: str = "", append: bool = False
 ) -> IdentityResult:
     """Embed `photos` (files) as identity `name`. Consent text is required when the server requires consent.
     Nothing is stored when a photo fails (the store's all-or-nothing `add`)."""
-    out: dict[str, Any] = {}
-    with captured(out):
-        name = (name or "").strip()
-        if not name:
-            raise BadInputError("give the identity a name")
-        files = [state.as_file(p, "identity photo") for p in photos or []]
-        if not files:
-            raise BadInputError("no photos: upload one or more photos of the person (several give a better identity)")
-        consent_text = (consent or "").strip()
-        if state.require_consent and not consent_text:
-            raise BadInputError(
-                "this server requires consent: describe who agreed, to what and when in the 'Consent' field"
-            )
-        with state.lock:
-            analyzers = state.identity_analyzers()
-            record = state.store().add(
-                name,
-                files,
-                note=(note or "").strip() or None,
-                consent=consent_text or None,
-                analyzers=analyzers,
-                exist="append" if append else "error",
-            )
-        meta = record.model_dump(mode="json")
-        kept, total = len(record.kept), len(record.photos)
-        message = f"added '{record.name}': {kept} of {total} photo(s) kept"
-        if record.rejected:
-            message += "; rejected: " + "; ".join(f"{p.file} ({', '.join(p.reasons)})" for p in record.rejected)
-        return IdentityResult(Status.OK.value, message, _photo_rows(meta), _details(meta))
-    return _failed(out)
+    name = (name or "").strip()
+    if not name:
+        raise BadInputError("give the identity a name")
+    files = [state.as_file(p, "identity photo") for p in photos or []]
+    if not files:
+        raise BadInputError("no photos: upload one or more photos of the person (several give a better identity)")
+    consent_text = (consent or "").strip()
+    if state.require_consent and not consent_text:
+        raise BadInputError(
+            "this server requires consent: describe who agreed, to what and when in the 'Consent' field"
+        )
+    with state.lock:
+        analyzers = state.identity_analyzers()
+        record = state.store().add(
+            name,
+            files,
+            note=(note or "").strip() or None,
+            consent=consent_text or None,
+            analyzers=analyzers,
+            exist="append" if append else "error",
+        )
+    meta = record.model_dump(mode="json")
+    kept, total = len(record.kept), len(record.photos)
+    message = f"added '{record.name}': {kept} of {total} photo(s) kept"
+    if record.rejected:
+        message += "; rejected: " + "; ".join(f"{p.file} ({', '.join(p.reasons)})" for p in record.rejected)
+    return IdentityResult(Status.OK.value, message, _photo_rows(meta), _details(meta))
 
 
+@_one_line
 def show_identity(state: UIState, name: str | None) -> IdentityResult:
-    out: dict[str, Any] = {}
-    with captured(out):
-        if not name:
-            return IdentityResult("", "choose an identity to see its photos")
-        meta = state.store().show(name)
-        kept = sum(1 for p in meta["photos"] if p["kept"])
-        message = f"'{name}': {kept} of {len(meta['photos'])} photo(s) kept"
-        return IdentityResult(Status.OK.value, message, _photo_rows(meta), _details(meta))
-    return _failed(out)
+    if not name:
+        return IdentityResult("", "choose an identity to see its photos")
+    meta = state.store().show(name)
+    kept = sum(1 for p in meta["photos"] if p["kept"])
+    message = f"'{name}': {kept} of {len(meta['photos'])} photo(s) kept"
+    return IdentityResult(Status.OK.value, message, _photo_rows(meta), _details(meta))
 
 
+@_one_line
 def rename_identity(state: UIState, old: str | None, new: str) -> IdentityResult:
-    out: dict[str, Any] = {}
-    with captured(out):
-        if not old:
-            raise BadInputError("choose the identity to rename")
-        new = (new or "").strip()
-        if not new:
-            raise BadInputError("give the new name")
-        record = state.store().rename(old, new)
-        return IdentityResult(Status.OK.value, f"renamed '{old}' to '{record.name}'")
-    return _failed(out)
+    if not old:
+        raise BadInputError("choose the identity to rename")
+    new = (new or "").strip()
+    if not new:
+        raise BadInputError("give the new name")
+    record = state.store().rename(old, new)
+    return IdentityResult(Status.OK.value, f"renamed '{old}' to '{record.name}'")
 
 
+@_one_line
 def delete_identity(state: UIState, name: str | None, confirmed: bool) -> IdentityResult:
-    out: dict[str, Any] = {}
-    with captured(out):
-        if not name:
-            raise BadInputError("choose the identity to delete")
-        if not confirmed:
-            raise BadInputError(f"tick 'Yes, delete' to confirm deleting '{name}'")
-        state.store().remove(name)
-        return IdentityResult(Status.OK.value, f"deleted '{name}'")
-    return _failed(out)
+    if not name:
+        raise BadInputError("choose the identity to delete")
+    if not confirmed:
+        raise BadInputError(f"tick 'Yes, delete' to confirm deleting '{name}'")
+    state.store().remove(name)
+    return IdentityResult(Status.OK.value, f"deleted '{name}'")
 
 
+@_one_line
 def export_identity(state: UIState, name: str | None) -> IdentityResult:
     """One self-contained .safetensors file (embeddings, crops, metadata), to import on another machine."""
-    out: dict[str, Any] = {}
-    with captured(out):
-        if not name:
-            raise BadInputError("choose the identity to export")
-        target = state.new_output(f"identity-{name}", "safetensors")
-        state.store().export(name, target)
-        return IdentityResult(Status.OK.value, f"exported '{name}' as {target.name}", file=target)
-    return _failed(out)
+    if not name:
+        raise BadInputError("choose the identity to export")
+    target = state.new_output(f"identity-{name}", "safetensors")
+    state.store().export(name, target)
+    return IdentityResult(Status.OK.value, f"exported '{name}' as {target.name}", file=target)

@@ -16,7 +16,7 @@ This package re-exports the public names so `from portraitforge.models.diffusion
 """
 
 from portraitforge.models.diffusion.device import DTYPES, dtype_kwargs, resolve_device, resolve_dtype
-from portraitforge.models.diffusion.hashes import WEIGHT_SUFFIXES, file_sha256, folder_fingerprint
+from portraitforge.models.diffusion.hashes import WEIGHT_SUFFIXES, cached_file_sha256, folder_fingerprint
 from portraitforge.models.diffusion.ip_adapter import (
     ID_ADAPTERS,
     LoadedIPAdapter,
@@ -66,7 +66,7 @@ __all__ = [
     "dtype_kwargs",
     "faceid_embeds",
     "family_defaults",
-    "file_sha256",
+    "cached_file_sha256",
     "folder_fingerprint",
     "hub_offline",
     "load_faceid_adapter",

@@ -9,16 +9,16 @@ import os
 import re
 from pathlib import Path
 
-from portraitforge.atomic import atomic_write_bytes
+from portraitforge.atomic import atomic_write_bytes, file_sha256
 from portraitforge.paths import home_dir
 
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".gguf"})
 _SAMPLE_BYTES = 1 << 20
 
 
-def file_sha256(path: Path, use_cache: bool = True) -> str:
-    """Full sha256 (what A1111 calls AutoV2 and Civitai lists). Cached per path/size/mtime under the home dir,
-    since a 7 GB SDXL file takes seconds to hash."""
+def cached_file_sha256(path: Path, use_cache: bool = True) -> str:
+    """`atomic.file_sha256` (the full sha256, what A1111 calls AutoV2 and Civitai lists), cached per
+    path/size/mtime under the home dir, since a 7 GB SDXL file takes seconds to hash."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     cache_path = home_dir() / "cache" / "sha256.json"
@@ -30,11 +30,7 @@ def file_sha256(path: Path, use_cache: bool = True) -> str:
             cache = {}
         if isinstance(cache, dict) and isinstance(cache.get(key), str):
             return cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(_SAMPLE_BYTES), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = file_sha256(path)
     if use_cache:
         cache = cache if isinstance(cache, dict) else {}
         cache[key] = value

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
-from portraitforge.models.diffusion.hashes import file_sha256
+from portraitforge.models.diffusion.hashes import cached_file_sha256
 from portraitforge.models.diffusion.lora import LoadedLora
 from portraitforge.models.diffusion.sources import Family, ModelFamily, first_line
+from portraitforge.types import fields_dict
 
 if TYPE_CHECKING:
     from portraitforge.models.store import ModelStore
@@ -48,13 +49,7 @@ class LoadedIPAdapter:
     lora_adapters: tuple[str, ...]  # PEFT adapters diffusers created from the checkpoint's LoRA keys
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "path": self.path,
-            "sha256": self.sha256,
-            "scale": self.scale,
-            "lora_adapters": list(self.lora_adapters),
-        }
+        return {**fields_dict(self, "kind", "path", "sha256", "scale"), "lora_adapters": list(self.lora_adapters)}
 
 
 def read_faceid_state_dict(path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -112,7 +107,7 @@ def load_faceid_adapter(
         names = [x.adapter for x in loras] + list(created)
         pipe.set_adapters(names, adapter_weights=[x.weight for x in loras] + [1.0] * len(created))
     pipe.set_ip_adapter_scale(scale)
-    return LoadedIPAdapter(FACEID_KIND, str(file.resolve()), file_sha256(file), scale, created)
+    return LoadedIPAdapter(FACEID_KIND, str(file.resolve()), cached_file_sha256(file), scale, created)
 
 
 def faceid_weights(choice: str, family: ModelFamily, store: ModelStore) -> Path:

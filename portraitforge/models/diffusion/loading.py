@@ -11,7 +11,7 @@ import torch
 
 from portraitforge.errors import BadInputError, ModelUnavailableError, OutOfMemoryError
 from portraitforge.models.diffusion.device import dtype_kwargs, resolve_device, resolve_dtype
-from portraitforge.models.diffusion.hashes import file_sha256, folder_fingerprint
+from portraitforge.models.diffusion.hashes import cached_file_sha256, folder_fingerprint
 from portraitforge.models.diffusion.lora import LoadedLora, LoraSpec, load_loras
 from portraitforge.models.diffusion.schedulers import scheduler_label, set_scheduler
 from portraitforge.models.diffusion.sources import (
@@ -114,7 +114,7 @@ def load_text2image(source: str | os.PathLike[str] | ModelSource, options: LoadO
             path = Path(src.location)
             family = ModelFamily.parse(opts.family) if opts.family else detect_single_file_family(path)
             pipe = _load_single_file(path, family, dtype, opts)
-            model_hash, hash_kind = file_sha256(path), "sha256"
+            model_hash, hash_kind = cached_file_sha256(path), "sha256"
         else:
             if src.kind is SourceKind.HUB:
                 folder = _hub_snapshot(src.location, opts)

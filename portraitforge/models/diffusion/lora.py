@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from portraitforge.errors import BadInputError, ModelUnavailableError, ParameterError
-from portraitforge.models.diffusion.hashes import file_sha256
+from portraitforge.models.diffusion.hashes import cached_file_sha256
 from portraitforge.models.diffusion.sources import first_line
 
 
@@ -65,6 +65,6 @@ def load_loras(pipe: Any, loras: Sequence[LoraSpec]) -> list[LoadedLora]:
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, local_files_only=True)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             raise BadInputError(f"{path}: cannot load as a LoRA for this model ({first_line(exc)})") from None
-        loaded.append(LoadedLora(adapter, str(path), spec.weight, file_sha256(path)))
+        loaded.append(LoadedLora(adapter, str(path), spec.weight, cached_file_sha256(path)))
     pipe.set_adapters([x.adapter for x in loaded], adapter_weights=[x.weight for x in loaded])
     return loaded
