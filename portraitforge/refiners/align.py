@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from portraitforge.errors import BadInputError
 from portraitforge.types import AlignedCrop, FloatArray, ImageRGB
 
 # insightface's arcface_dst for a 112x112 crop.
@@ -30,25 +31,32 @@ def template_points(size: int, margin: float = 0.0) -> FloatArray:
     return (unit / (1.0 + 2.0 * margin) * size + size / 2.0).astype(np.float32)
 
 
-def umeyama(src: FloatArray, dst: FloatArray) -> tuple[float, np.ndarray, np.ndarray]:
+def umeyama(src: FloatArray, dst: FloatArray, keep_precision: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
     """Least-squares similarity (rotation, uniform scale, translation) in any dimension: dst ~ s * R @ src + t.
 
-    Written out (Umeyama 1991) because skimage's `SimilarityTransform.estimate` is deprecated and
-    `cv2.estimateAffinePartial2D` is a robust (RANSAC/LMedS) estimator, not the exact LS fit.
+    The arithmetic follows skimage's `SimilarityTransform.estimate` step by step (insightface aligns with it, and
+    the inswapper parity tests compare against insightface): with `keep_precision` the statistics are computed in
+    the inputs' dtype (float32 keypoints stay float32), else in float64. Written out because that skimage API is
+    deprecated (removed in 2.2) and warns on every call, and `cv2.estimateAffinePartial2D` is a robust
+    (RANSAC/LMedS) estimator, not the exact LS fit.
     """
-    src64 = np.asarray(src, np.float64)
-    dst64 = np.asarray(dst, np.float64)
-    n, dim = src64.shape
-    mu_s, mu_d = src64.mean(0), dst64.mean(0)
-    xs, xd = src64 - mu_s, dst64 - mu_d
-    u, d, vt = np.linalg.svd(xd.T @ xs / n)
-    sign = np.ones(dim)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    rot = u @ np.diag(sign) @ vt
-    var_s = (xs**2).sum() / n
-    scale = float((d * sign).sum() / var_s) if var_s > 0 else 1.0
-    return scale, rot, mu_d - scale * rot @ mu_s
+    src_a = np.asarray(src) if keep_precision else np.asarray(src, np.float64)
+    dst_a = np.asarray(dst) if keep_precision else np.asarray(dst, np.float64)
+    num, dim = src_a.shape
+    src_mean, dst_mean = src_a.mean(axis=0), dst_a.mean(axis=0)
+    src_demean, dst_demean = src_a - src_mean, dst_a - dst_mean
+    a = dst_demean.T @ src_demean / num
+    u, s, v = np.linalg.svd(a)
+    rank = int(np.count_nonzero(s > s.max() * max(a.shape) * np.finfo(float).eps))
+    if rank == 0:
+        raise BadInputError("degenerate face keypoints (all points coincide)")
+    d = np.ones((dim,), np.float64)
+    if np.linalg.det(u) * np.linalg.det(v) < 0:  # a reflection: flip the smallest axis
+        d[dim - 1] = -1
+    rot = u @ np.diag(d) @ v
+    var = src_demean.var(axis=0).sum()
+    scale = float(1.0 / var * (s @ d)) if var > 0 else 1.0
+    return scale, rot, dst_mean - scale * (rot @ src_mean.T)
 
 
 def umeyama_similarity(src: FloatArray, dst: FloatArray) -> FloatArray:

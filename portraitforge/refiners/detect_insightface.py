@@ -22,7 +22,7 @@ from portraitforge.errors import BadInputError, ModelUnavailableError
 from portraitforge.models.onnx_runtime import OnnxSessionPool
 from portraitforge.models.registry import ARCFACE_W600K_R50, GENDERAGE, SCRFD_10G
 from portraitforge.models.store import ModelStore
-from portraitforge.refiners.align import ARCFACE_TEMPLATE_112
+from portraitforge.refiners.align import ARCFACE_TEMPLATE_112, umeyama
 from portraitforge.refiners.detect import box_iou, order_faces
 from portraitforge.types import Face, FloatArray, ImageRGB
 
@@ -46,37 +46,13 @@ def _quiet() -> Iterator[None]:
 
 
 def _similarity_umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity src -> dst as 2x3 float64, the same algorithm *and arithmetic* as
-    skimage's `SimilarityTransform.estimate` (which insightface calls): statistics are computed in the
-    inputs' precision (float32 keypoints stay float32), the result in float64. Re-implemented because
-    that skimage API is deprecated (removed in 2.2) and warns on every call."""
-    src, dst = np.asarray(src), np.asarray(dst)
-    num, dim = src.shape
-    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
-    src_demean, dst_demean = src - src_mean, dst - dst_mean
-    a = dst_demean.T @ src_demean / num
-    d = np.ones((dim,), np.float64)
-    if np.linalg.det(a) < 0:
-        d[dim - 1] = -1
-    t = np.eye(dim + 1, dtype=np.float64)
-    u, s, v = np.linalg.svd(a)
-    rank = int(np.count_nonzero(s > s.max() * max(a.shape) * np.finfo(float).eps))
-    if rank == 0:
-        raise BadInputError("degenerate face keypoints (all points coincide)")
-    if rank == dim - 1:
-        if np.linalg.det(u) * np.linalg.det(v) > 0:
-            t[:dim, :dim] = u @ v
-        else:
-            saved = d[dim - 1]
-            d[dim - 1] = -1
-            t[:dim, :dim] = u @ np.diag(d) @ v
-            d[dim - 1] = saved
-    else:
-        t[:dim, :dim] = u @ np.diag(d) @ v
-    scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d)
-    t[:dim, dim] = dst_mean - scale * (t[:dim, :dim] @ src_mean.T)
-    t[:dim, :dim] *= scale
-    return t[:2, :]
+    """Least-squares similarity src -> dst as 2x3 float64, with skimage's arithmetic (which insightface calls):
+    statistics in the inputs' precision, the result in float64."""
+    scale, rot, shift = umeyama(src, dst, keep_precision=True)
+    m = np.zeros((2, 3), np.float64)
+    m[:, :2] = scale * rot[:2, :2]
+    m[:, 2] = shift[:2]
+    return m
 
 
 def norm_matrix(kps5: FloatArray, image_size: int, base: int | None = None) -> np.ndarray:
