@@ -16,6 +16,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from portraitforge.cli import app as cli_app  # noqa: E402
 from portraitforge.cli import ui as cli_ui  # noqa: E402
+from portraitforge.errors import BadInputError  # noqa: E402
 from portraitforge.imageio import load_image, read_metadata, save_image  # noqa: E402
 from portraitforge.samples import insightface_image  # noqa: E402
 from portraitforge.types import ImageRGB  # noqa: E402
@@ -385,3 +386,16 @@ def test_generate_loads_once_on_demand(state: UIState, tmp_path_factory: pytest.
     assert report["seed"] == 5 and events == [1, 2] and message.startswith("OK: seed 5")
     assert loads == [str(folder)]  # loaded on the first press, kept for the next
     np.testing.assert_array_equal(image, again)
+
+
+def test_server_wide_nsfw_policy_gates_every_run(home: Path, astronaut_rgb: ImageRGB, hanks: Path) -> None:
+    """`portraitforge ui --nsfw-policy flag`: the page cannot turn the gate off; a normal portrait is not flagged."""
+    pytest.importorskip("nudenet")
+    gated = UIState(
+        store_dir=home / "store", output_dir=home / "gated", log_path=home / "gated.jsonl", nsfw_policy="flag"
+    )
+    res = run_swap(gated, astronaut_rgb, str(hanks), nsfw_check=False)
+    assert res.status in DONE, res.line
+    assert res.report["provenance"]["nsfw"] == {"policy": "flag", "threshold": 0.5, "flags": []}
+    with pytest.raises(BadInputError, match="NSFW policy"):
+        UIState(store_dir=home / "store", nsfw_policy="sometimes")

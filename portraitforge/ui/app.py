@@ -36,11 +36,15 @@ def build_app(
     state: UIState | None = None,
     *,
     require_consent: bool = False,
+    nsfw_policy: str | None = None,
 ) -> PortraitForgeApp:
     """The web UI. Nothing is loaded until the first request; `pipeline_factory(cfg)` builds the refine pipeline
     (default `RefinePipeline.from_config`), `store_dir` is the identity store (default under $PORTRAITFORGE_HOME),
-    `require_consent` refuses identities without a consent record. The state is `app.portraitforge_state`."""
-    ui_state = state or UIState(pipeline_factory, store_dir, portrait_factory, require_consent=require_consent)
+    `require_consent` refuses identities without a consent record, `nsfw_policy` (refuse, blur, flag) puts every
+    run through the NSFW gate. The state is `app.portraitforge_state`."""
+    ui_state = state or UIState(
+        pipeline_factory, store_dir, portrait_factory, require_consent=require_consent, nsfw_policy=nsfw_policy
+    )
     with PortraitForgeApp(title="portraitforge", analytics_enabled=False) as app:
         gr.Markdown("## portraitforge\nSwap a face in a photo toward an identity, manage identities, run batches.")
         with gr.Tab("Swap", id="swap") as swap_page:

@@ -50,7 +50,7 @@ def run_generate(
             from portraitforge.cli.generate import parse_size
 
             width, height = parse_size(size)
-        cfg = swap_config({"strength": strength})
+        cfg = swap_config({"strength": strength, **state.server_policy()})
         with state.lock:
             refiner = state.pipeline(cfg)
             identity = None

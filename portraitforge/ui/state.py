@@ -52,8 +52,13 @@ class UIState:
     """Models and caches of one app instance.
 
     `output_dir` receives every result (default `$PORTRAITFORGE_HOME/outputs/ui`), `log_path` the runs log
-    (default: the CLI's `runs.jsonl`), `require_consent` refuses identities without a consent record.
+    (default: the CLI's `runs.jsonl`), `require_consent` refuses identities without a consent record,
+    `nsfw_policy` (refuse, blur or flag; None: off) puts every run of this server through the NSFW gate.
     """
+
+    def server_policy(self) -> dict[str, Any]:
+        """Settings the server imposes on every run, whatever the page sends (the NSFW gate)."""
+        return {} if self.nsfw_policy is None else {"nsfw_check": True, "nsfw_policy": self.nsfw_policy}
 
     def __init__(
         self,
@@ -64,11 +69,15 @@ class UIState:
         output_dir: str | Path | None = None,
         log_path: str | Path | None = None,
         require_consent: bool = False,
+        nsfw_policy: str | None = None,
     ) -> None:
         self.pipeline_factory = pipeline_factory or _default_pipeline_factory
         self.portrait_factory = portrait_factory or _default_portrait_factory
         self.store_dir = store_dir
         self.require_consent = require_consent
+        if nsfw_policy not in (None, "refuse", "blur", "flag"):
+            raise BadInputError(f"unknown NSFW policy '{nsfw_policy}' (use refuse, blur or flag)")
+        self.nsfw_policy = nsfw_policy
         self._output_dir = Path(output_dir) if output_dir is not None else None
         self._log_path = Path(log_path) if log_path is not None else None
         self.lock = threading.RLock()

@@ -370,9 +370,8 @@ def run_swap(
             raise BadInputError(f"unknown choice of faces '{faces}' (use one of: {', '.join(FACE_CHOICES)})")
         if output_format not in OUTPUT_FORMATS:
             raise BadInputError(f"unknown format '{output_format}' (use png, jpg or webp)")
-        cfg = swap_config(
-            {**params, "select": "reference" if faces == "reference" else "all" if faces == "all" else "largest"}
-        )
+        select = "reference" if faces == "reference" else "all" if faces == "all" else "largest"
+        cfg = swap_config({**params, "select": select, **state.server_policy()})
         if target is None:
             raise BadInputError("no target photo: upload the photo whose face should change")
         target_path = state.as_file(target, "target image")
