@@ -207,3 +207,37 @@ def test_nsfw_gate_in_the_batch_records_its_checks(tmp_path: Path, shared_faces_
     for r in rows:
         assert r["quality"]["nsfw"] == {"policy": "flag", "threshold": 0.5, "flags": []}
         assert r["timings"]["nsfw"] > 0
+
+
+def test_kill_before_the_last_candidates_row_then_resume_ranks_the_same(
+    best_of_run: tuple[Path, list[dict[str, Any]]], tmp_path: Path, shared_faces_dir: Path
+) -> None:
+    """The fault hook SIGKILLs the driver after the 8th output (the second group's last candidate; items alternate
+    between the two groups) is durable and before its row commits: the first group is ranked, the second is not;
+    the resume ranks it exactly as the uninterrupted run did, with the same bytes."""
+    import signal
+
+    from batch_fixtures import run_cli
+
+    from portraitforge.batch.faults import FAULT_VARIABLE
+
+    _, reference = best_of_run
+    drafts = _drafts(tmp_path / "drafts", shared_faces_dir)
+    spec = write_spec(tmp_path / "spec.yaml", _spec_data(drafts, shared_faces_dir / "person_a_1.jpg", keep=2))
+    loaded = load_spec(spec)
+    killed = run_cli(
+        "batch", "run", str(spec), "--no-progress", "--no-review", "--threads", "1",
+        env={FAULT_VARIABLE: "kill-after-write:8"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Manifest(loaded.manifest_path) as manifest:
+        rows = manifest.rows()
+    assert [r["status"] for r in rows] == ["done"] * 7 + ["running"]
+    last = rows[-1]["candidate_group"]
+    assert all((r["candidate_rank"] is None) == (r["candidate_group"] == last) for r in rows)
+    assert sum(r["kept"] == 1 for r in rows) == 2
+    assert run_batch(loaded, RunOptions(progress=False, review=False)).processed == 1
+    with Manifest(loaded.manifest_path) as manifest:
+        rows = manifest.rows()
+    fields = ("id", "output_sha256", "grader_similarity", "candidate_rank", "kept")
+    assert [tuple(r[k] for k in fields) for r in rows] == [tuple(r[k] for k in fields) for r in reference]
