@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from portraitforge.batch.spec import BatchItem
-from portraitforge.types import fields_dict
+from portraitforge.pipelines.best_of import USABLE, rank_scores, score_from_faces
+from portraitforge.types import Status, fields_dict
 
 STATUSES = ("pending", "running", "done", "failed")
 SCHEMA_VERSION = 1
@@ -55,7 +56,11 @@ CREATE TABLE IF NOT EXISTS items (
     finished_at REAL,
     duration_ms REAL,
     timings TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    candidate_group TEXT,
+    grader_similarity REAL,
+    candidate_rank INTEGER,
+    kept INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_status ON items (status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,9 +89,20 @@ EXPORT_COLUMNS = (
     "finished_at",
     "duration_ms",
     "timings",
+    "candidate_group",
+    "grader_similarity",
+    "candidate_rank",
+    "kept",
     "quality",
     "params",
 )
+# Best-of-N columns, added to manifests written before they existed (NULL: no best-of-N, or not ranked yet).
+_ADDED_COLUMNS = {
+    "candidate_group": "TEXT",
+    "grader_similarity": "REAL",
+    "candidate_rank": "INTEGER",
+    "kept": "INTEGER",
+}
 _JSON_COLUMNS = {"labels", "params", "quality", "attempts", "timings"}
 
 
@@ -145,6 +161,10 @@ class Manifest:
         for statement in _SCHEMA.strip().split(";"):
             if statement.strip():
                 self.conn.execute(statement)
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(items)").fetchall()}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
         with self.transaction() as c:
             c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
@@ -182,6 +202,8 @@ class Manifest:
         now = time.time()
         added = 0
         with self.transaction() as c:
+            # Groups follow the current spec: rows of items no longer in it leave their group.
+            c.execute("UPDATE items SET candidate_group = NULL WHERE candidate_group IS NOT NULL")
             for it in items:
                 row = c.execute("SELECT status, output_path FROM items WHERE id = ?", (it.id,)).fetchone()
                 if row is None:
@@ -209,7 +231,21 @@ class Manifest:
                     )
                 else:
                     c.execute("UPDATE items SET seq = ?, identity = ? WHERE id = ?", (it.seq, it.identity.label, it.id))
+                c.execute("UPDATE items SET candidate_group = ? WHERE id = ?", (it.group, it.id))
         return added
+
+    # ------------------------------------------------------------------------------ best-of-N
+
+    def rank_groups(self, keep: int | None) -> None:
+        """Rank every candidate group from its recorded scores (after sync/recover: idempotent, so a run killed
+        between an item's row and its group's ranking is simply ranked again)."""
+        with self.transaction() as c:
+            c.execute("UPDATE items SET candidate_rank = NULL, kept = NULL WHERE candidate_group IS NULL")
+            groups = [
+                r[0] for r in c.execute("SELECT DISTINCT candidate_group FROM items WHERE candidate_group IS NOT NULL")
+            ]
+            for group in groups:
+                _rank_group(c, group, keep)
 
     def recover(self, output_dir: Path, verify_hashes: bool = False) -> dict[str, int]:
         """Undo what a killed run left behind. Call with the run lock held."""
@@ -276,9 +312,12 @@ class Manifest:
                     (time.time(), iid),
                 )
 
-    def finish(self, item_id: str, outcome: ItemOutcome) -> None:
-        """Record a finished item. For 'done' the caller has already made the output file durable."""
+    def finish(self, item_id: str, outcome: ItemOutcome, keep: int | None = None) -> None:
+        """Record a finished item. For 'done' the caller has already made the output file durable.
+        With best-of-N (`keep`), the item's group is ranked in the same transaction once all of it is finished."""
         now = time.time()
+        faces = (outcome.quality or {}).get("faces", [])
+        grader = score_from_faces(0, None, Status.OK, faces).grader_similarity
         with self.transaction() as c:
             c.execute(
                 "UPDATE items SET status = ?, reason = ?, output_sha256 = ?, quality_status = ?, identity_distance = ?,"
@@ -303,6 +342,10 @@ class Manifest:
                     item_id,
                 ),
             )
+            c.execute("UPDATE items SET grader_similarity = ? WHERE id = ?", (grader, item_id))
+            group = c.execute("SELECT candidate_group FROM items WHERE id = ?", (item_id,)).fetchone()
+            if group is not None and group[0] is not None:
+                _rank_group(c, group[0], keep)
 
     # ------------------------------------------------------------------------------ reading
 
@@ -348,6 +391,40 @@ class Manifest:
         counts_total = sum(counts.values())
         mean = round(sum(durations) / len(durations), 1) if durations else None
         return Summary(counts, counts_total, stale, failures, quality, mean)
+
+
+def _candidate_status(status: str, quality_status: str | None, reason: str | None) -> Status:
+    """What the ranking sees: a failed item is never usable, whatever its quality said."""
+    known = {s.value for s in Status}
+    value = quality_status or (reason or "").split(":")[0]
+    if status == "done":
+        return Status(quality_status) if quality_status in known else Status.OK
+    found = Status(value) if value in known else Status.INTERNAL
+    return Status.INTERNAL if found in USABLE else found
+
+
+def _rank_group(c: sqlite3.Connection, group: str, keep: int | None) -> None:
+    """Rank one group by `pipelines/best_of.py`'s order (usable first, grader similarity, distance, seam) once all
+    of its candidates are finished; an unfinished group (or no `keep`) has no rank yet."""
+    rows = c.execute(
+        "SELECT id, seed, status, reason, quality_status, quality FROM items WHERE candidate_group = ?"
+        " ORDER BY seq, id",
+        (group,),
+    ).fetchall()
+    if keep is None or any(r["status"] not in ("done", "failed") for r in rows):
+        c.execute("UPDATE items SET candidate_rank = NULL, kept = NULL WHERE candidate_group = ?", (group,))
+        return
+    scores = [
+        score_from_faces(
+            i,
+            r["seed"],
+            _candidate_status(r["status"], r["quality_status"], r["reason"]),
+            json.loads(r["quality"]).get("faces", []) if r["quality"] else [],
+        )
+        for i, r in enumerate(rows)
+    ]
+    for r, score in zip(rows, rank_scores(scores, keep), strict=True):
+        c.execute("UPDATE items SET candidate_rank = ?, kept = ? WHERE id = ?", (score.rank, int(score.kept), r["id"]))
 
 
 def _dumps(value: Any) -> str | None:

@@ -37,7 +37,37 @@ def item_label(item: BatchItem, row: dict[str, Any] | None) -> list[str]:
         lines.append(row["status"].upper())
     elif row is not None and row.get("quality_status") not in (None, "OK"):
         lines.append(str(row["quality_status"]))
+    flag = best_of_flag(row)
+    if flag:
+        lines.insert(0, flag)  # first: the sheet cuts labels after LABEL_LINES lines
     return lines
+
+
+def best_of_flag(row: dict[str, Any] | None) -> str:
+    """'KEPT #1 (grader 0.612)' / 'not kept (#4)' for best-of-N candidates; '' otherwise or before ranking."""
+    if row is None or row.get("candidate_rank") is None:
+        return ""
+    grader = row.get("grader_similarity")
+    score = f" (grader {grader:.3f})" if grader is not None else ""
+    if row.get("kept"):
+        return f"KEPT #{row['candidate_rank'] + 1}{score}"
+    return f"not kept (#{row['candidate_rank'] + 1}){score}"
+
+
+def review_order(items: list[BatchItem], rows: dict[str, dict[str, Any]]) -> list[BatchItem]:
+    """Plan order, except that each best-of-N group lists its candidates by rank (the kept ones first)."""
+    first_seq: dict[str, int] = {}
+    for it in items:
+        if it.group is not None:
+            first_seq.setdefault(it.group, it.seq)
+
+    def key(it: BatchItem) -> tuple[int, int, int]:
+        if it.group is None:
+            return (it.seq, 0, 0)
+        rank = rows.get(it.id, {}).get("candidate_rank")
+        return (first_seq[it.group], 0 if rank is not None else 1, rank if rank is not None else it.seq)
+
+    return sorted(items, key=key)
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -90,6 +120,7 @@ def write_review(loaded: LoadedSpec, manifest: Manifest, items: list[BatchItem])
     output_dir = loaded.output_dir
     review_dir = output_dir / REVIEW_DIR
     rows = {r["id"]: r for r in manifest.rows(it.id for it in items)}
+    items = review_order(items, rows)
     by_identity: dict[str, list[tuple[BatchItem, dict[str, Any] | None]]] = {}
     for it in items:
         by_identity.setdefault(it.identity.label, []).append((it, rows.get(it.id)))
@@ -132,7 +163,7 @@ def _index_html(
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;"
         "vertical-align:top;text-align:left}th{background:#eee;position:sticky;top:0}"
         "img.t{width:128px;height:auto}.failed{background:#fde8e8}.LOW_QUALITY,.NO_FACE{background:#fff6dc}"
-        "code{font-size:11px}</style></head><body>",
+        "code{font-size:11px}.notkept img{opacity:.45}</style></head><body>",
         f"<h1>{e(loaded.spec.name)}</h1>",
         f"<p>spec <code>{e(str(loaded.path))}</code> &middot; mode {e(loaded.spec.mode)} &middot; "
         f"{len(items)} items &middot; " + ", ".join(f"{e(k)} {v}" for k, v in sorted(counts.items())) + "</p>",
@@ -140,7 +171,8 @@ def _index_html(
         + " &middot; ".join(f"<a href='{e(name)}'>{e(label)}</a>" for label, name in sheets.items())
         + "</p>",
         "<h2>Items</h2><table><tr><th>image</th><th>id</th><th>identity</th><th>parameters</th><th>seed</th>"
-        "<th>status</th><th>quality</th><th>identity dist.</th><th>seam</th><th>sharpness</th><th>ms</th></tr>",
+        "<th>status</th><th>best-of</th><th>quality</th><th>identity dist.</th><th>seam</th><th>sharpness</th>"
+        "<th>ms</th></tr>",
     ]
     for it in items:
         r = rows.get(it.id, {})
@@ -157,10 +189,13 @@ def _index_html(
             seed += f" &rarr; {r['seed_used']}"
         quality = r.get("quality_status") or ""
         reason = f"<br><small>{e(r['reason'])}</small>" if r.get("reason") else ""
+        flag = best_of_flag(r)
+        row_class = f"{status} {quality}" + (" notkept" if flag.startswith("not") else "")
         parts.append(
-            f"<tr class='{e(status)} {e(quality)}'><td>{image}</td><td><code>{e(it.id8)}</code></td>"
+            f"<tr class='{e(row_class)}'><td>{image}</td><td><code>{e(it.id8)}</code></td>"
             f"<td>{e(it.identity.label)}</td><td>{params}</td><td>{seed}</td><td>{e(status)}{reason}</td>"
-            f"<td>{e(quality)}</td><td>{_fmt(r.get('identity_distance'))}</td><td>{_fmt(r.get('seam_score'))}</td>"
+            f"<td>{e(flag)}</td><td>{e(quality)}</td><td>{_fmt(r.get('identity_distance'))}</td>"
+            f"<td>{_fmt(r.get('seam_score'))}</td>"
             f"<td>{_fmt(r.get('sharpness'), 1)}</td><td>{_fmt(r.get('duration_ms'), 0)}</td></tr>"
         )
     parts.append("</table></body></html>\n")

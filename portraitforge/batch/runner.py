@@ -337,6 +337,7 @@ def run_batch(
         recovered = manifest.recover(output_dir, verify_hashes=options.verify)
         if options.retry_failed:
             recovered["retried_failed"] = manifest.reset_failed(by_id)
+        manifest.rank_groups(loaded.spec.keep)  # best-of-N ranks follow what recover/retry left finished
         todo = deque(manifest.pending_ids(by_id))
         if options.limit is not None:
             todo = deque(list(todo)[: options.limit])
@@ -344,7 +345,9 @@ def run_batch(
         if todo:
             threads = options.torch_threads or default_torch_threads(options)
             config = WorkerConfig.from_spec(loaded, torch_threads=threads)
-            processed, interrupted = _drive(manifest, output_dir, by_id, todo, config, options, on_result, faults)
+            processed, interrupted = _drive(
+                manifest, output_dir, by_id, todo, config, options, on_result, faults, loaded.spec.keep
+            )
         review_index = None
         if options.review and not interrupted:
             from portraitforge.batch.review import write_review
@@ -372,6 +375,7 @@ def _drive(
     options: RunOptions,
     on_result: Callable[[BatchItem, ItemResult], None] | None,
     faults: FaultPlan,
+    keep: int | None = None,
 ) -> tuple[int, bool]:
     flag = _StopFlag()
     in_flight: set[str] = set()
@@ -402,7 +406,8 @@ def _drive(
                         continue
                     if result.status == "done" and result.data is not None:
                         written += 1
-                    _record(manifest, output_dir, by_id[result.item_id], result, partial(faults.after_write, written))
+                    after_write = partial(faults.after_write, written)
+                    _record(manifest, output_dir, by_id[result.item_id], result, after_write, keep)
                     processed += 1
                     advance(result)
                     if on_result is not None:
@@ -425,7 +430,12 @@ def _drive(
 
 
 def _record(
-    manifest: Manifest, output_dir: Path, item: BatchItem, result: ItemResult, after_write: Callable[[], None]
+    manifest: Manifest,
+    output_dir: Path,
+    item: BatchItem,
+    result: ItemResult,
+    after_write: Callable[[], None],
+    keep: int | None = None,
 ) -> None:
     """File first (atomic + fsync), then the row: a done row always points at a complete file."""
     if result.status == "done" and result.data is not None:
@@ -450,6 +460,7 @@ def _record(
             duration_ms=round(result.duration_ms, 2),
             timings={k: round(v, 2) for k, v in result.timings_ms.items()},
         ),
+        keep=keep,
     )
 
 

@@ -161,6 +161,12 @@ class BatchSpec(_Strict):
     refine: RefineConfig = Field(default_factory=RefineConfig)
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="grid over refine fields")
     no_face: NoFacePolicy = Field(default_factory=NoFacePolicy)
+    keep: int | None = Field(
+        None,
+        ge=1,
+        description="best-of-N: per identity x prompt (x sweep point) the seeds are the candidates (in refine mode"
+        " the drafts); the K the grader ranks highest are marked kept in the manifest and shown first in review",
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -204,6 +210,8 @@ class BatchSpec(_Strict):
                 raise ValueError("'prompts' is required with 'model'")
             if self.seeds is None:
                 raise ValueError("'seeds' is required with 'model'")
+            if self.keep is not None and self.keep > len(self.seed_list()):
+                raise ValueError(f"keep {self.keep} is more than the {len(self.seed_list())} seeds (the candidates)")
         else:
             if self.prompts is not None:
                 raise ValueError("'prompts' only applies with 'model' (drafts come from the folder)")
@@ -399,6 +407,13 @@ def _check_references(loaded: LoadedSpec) -> None:
                     True,
                 )
             )
+        elif spec.keep is not None and spec.keep > len(draft_files(loaded)):
+            n = len(draft_files(loaded))
+            issues.append(
+                SpecIssue(
+                    loaded.line_of("keep"), "keep", f"keep {spec.keep} is more than the {n} drafts (the candidates)"
+                )
+            )
     naming = spec.output.naming or default_naming(spec)
     try:
         fields = _template_fields(naming)
@@ -455,6 +470,7 @@ class BatchItem:
     prompt: str | None = None
     negative_prompt: str | None = None
     draft_path: str | None = None
+    group: str | None = None  # best-of-N: items with the same group are one identity x prompt's candidates
 
     @property
     def id8(self) -> str:
@@ -563,6 +579,10 @@ def expand(loaded: LoadedSpec) -> list[BatchItem]:
                     ],
                 )
             paths[rel] = iid
+            group = None
+            if spec.keep is not None:
+                # The candidates of a group differ only in the seed (or draft): hash everything else.
+                group = item_id({k: v for k, v in params.items() if k not in ("seed", "draft_sha256")})[:16]
             public_labels = {k: v for k, v in labels.items() if not k.startswith("_")}
             items.append(
                 BatchItem(
@@ -576,6 +596,7 @@ def expand(loaded: LoadedSpec) -> list[BatchItem]:
                     prompt=base.get("prompt"),
                     negative_prompt=base.get("negative_prompt"),
                     draft_path=labels.get("_path"),
+                    group=group,
                 )
             )
     return items

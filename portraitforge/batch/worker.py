@@ -24,7 +24,8 @@ from portraitforge.config import RefineConfig
 from portraitforge.embeddings_cache.resolve import resolve_identity
 from portraitforge.errors import BadInputError, PortraitForgeError
 from portraitforge.imageio import OUTPUT_FORMATS, load_image
-from portraitforge.pipelines.refine import RefinePipeline
+from portraitforge.pipelines.refine import RefinePipeline, all_identities
+from portraitforge.provenance.nsfw import NsfwGate
 from portraitforge.provenance.stamp import ProvenanceOptions, deterministic_id, stamp_image
 from portraitforge.types import Identity, ImageRGB, RefineReport, RefineResult, Status
 
@@ -207,22 +208,38 @@ class BatchWorker:
         t0 = time.perf_counter()
         identity = self._identity(item.identity)
         timings["identity"] = (time.perf_counter() - t0) * 1e3
+        # The refine config's NSFW gate (None unless `nsfw_check: true`, which a sweep may vary): refuse raises
+        # NsfwRefusedError, a bad input, so the item fails with a BAD_INPUT reason; blur and flag go on.
+        gate = NsfwGate.from_config(self._refiner_for(item.params["refine"]).config)
+        if gate is not None:
+            t0 = time.perf_counter()
+            for used in all_identities(identity):
+                gate.check_input(used.reference_crop, f"identity '{used.name}'")
+            timings["nsfw"] = (time.perf_counter() - t0) * 1e3
         if self.config.mode == "refine":
-            return self._refine_item(item, identity, timings)
-        return self._generate_item(item, identity, timings)
+            return self._refine_item(item, identity, timings, gate)
+        return self._generate_item(item, identity, timings, gate)
 
-    def _refine_item(self, item: BatchItem, identity: Identity, timings: dict[str, float]) -> ItemResult:
+    def _refine_item(
+        self, item: BatchItem, identity: Identity, timings: dict[str, float], gate: NsfwGate | None = None
+    ) -> ItemResult:
         assert item.draft_path is not None
         refiner = self._refiner_for(item.params["refine"])
         t0 = time.perf_counter()
         draft = load_image(item.draft_path, max_pixels=refiner.config.max_pixels).rgb
         timings["load"] = (time.perf_counter() - t0) * 1e3
+        if gate is not None:
+            t0 = time.perf_counter()
+            gate.check_input(draft, "draft")
+            timings["nsfw"] = timings.get("nsfw", 0.0) + (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         refined = refiner(draft, identity)
         timings["refine"] = (time.perf_counter() - t0) * 1e3
-        return self._finish(item, refined, draft, timings, seed_used=None, attempts=[])
+        return self._finish(item, refined, draft, timings, seed_used=None, attempts=[], gate=gate)
 
-    def _generate_item(self, item: BatchItem, identity: Identity, timings: dict[str, float]) -> ItemResult:
+    def _generate_item(
+        self, item: BatchItem, identity: Identity, timings: dict[str, float], gate: NsfwGate | None = None
+    ) -> ItemResult:
         assert self.generator is not None and item.prompt is not None and item.seed is not None
         model = item.params["model"]
         # The worker owns this pipeline; pointing it at the item's (swept) refiner reloads nothing.
@@ -254,10 +271,22 @@ class BatchWorker:
         else:
             report = replace(report, status=res.status, message=res.message)
         draft = res.draft if res.draft is not None else np.zeros((8, 8, 3), np.uint8)
+        if gate is not None and res.draft is not None:  # the draft is only known once the pipeline drew it
+            t0 = time.perf_counter()
+            gate.check_input(res.draft, "draft")
+            timings["nsfw"] = timings.get("nsfw", 0.0) + (time.perf_counter() - t0) * 1e3
         refined = RefineResult(image=res.image if res.ok else None, report=report)
         extra = {"generation": {k: v for k, v in res.metadata.items() if k != "versions"}}
         return self._finish(
-            item, refined, draft, timings, seed_used=res.seed, attempts=attempts, extra=extra, a1111=res.parameters_text
+            item,
+            refined,
+            draft,
+            timings,
+            seed_used=res.seed,
+            attempts=attempts,
+            extra=extra,
+            a1111=res.parameters_text,
+            gate=gate,
         )
 
     def _finish(
@@ -270,10 +299,13 @@ class BatchWorker:
         attempts: list[dict[str, Any]],
         extra: dict[str, Any] | None = None,
         a1111: str | None = None,
+        gate: NsfwGate | None = None,
     ) -> ItemResult:
         report: RefineReport = refined.report
         timings.update({f"refine.{k}": v for k, v in report.timings_ms.items()})
         quality = _quality(report)
+        if gate is not None:
+            quality["nsfw"] = gate.report()  # what the input checks found; the output check adds its own below
         status = report.status
         if refined.ok and refined.image is not None:
             image = refined.image
@@ -290,6 +322,11 @@ class BatchWorker:
                 attempts=attempts,
                 timings_ms=timings,
             )
+        if gate is not None:
+            t0 = time.perf_counter()
+            image = gate.check_output(image)  # refuse raises: the item fails, nothing is written
+            quality["nsfw"] = gate.report()
+            timings["nsfw"] = timings.get("nsfw", 0.0) + (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         # Only deterministic fields go into the file, so that reruns and backends give the same bytes.
         metadata = {

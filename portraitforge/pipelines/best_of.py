@@ -90,13 +90,45 @@ def candidate_score(result: PortraitImage) -> CandidateScore:
     )
 
 
-def rank_candidates(results: Sequence[PortraitImage], keep: int) -> tuple[list[PortraitImage], list[CandidateScore]]:
-    """(the `keep` best results, best first; every candidate's score in input order with its rank)."""
+def score_from_faces(index: int, seed: int | None, status: Status, faces: Sequence[dict[str, Any]]) -> CandidateScore:
+    """The same figures read from a recorded report's `faces` list (`FaceReport.to_dict()`, as in a batch
+    manifest), so that a batch ranks its candidates from what it stored, after a kill and resume too."""
+    grader: list[float] = []
+    distance: list[float] = []
+    seam: list[float] = []
+    model: str | None = None
+    for face in faces:
+        quality = face.get("quality")
+        if not quality:
+            continue
+        seam.append(float(quality["seam_score"]))
+        if quality.get("identity_distance") is not None:
+            distance.append(float(quality["identity_distance"]))
+        if quality.get("grader"):
+            grader.append(float(quality["grader"]["identity_similarity"]))
+            model = quality["grader"].get("model")
+    return CandidateScore(
+        index=index,
+        seed=seed,
+        status=status,
+        grader_similarity=min(grader) if grader else None,
+        grader_model=model,
+        identity_distance=max(distance) if distance else None,
+        seam_score=max(seam) if seam else None,
+    )
+
+
+def rank_scores(scores: Sequence[CandidateScore], keep: int) -> list[CandidateScore]:
+    """Every score in input order with its rank, and `kept` on the `keep` best usable ones."""
     if keep < 1:
         raise ParameterError(f"--keep {keep} must be at least 1")
-    scores = [candidate_score(r) for r in results]
     order = sorted(range(len(scores)), key=lambda i: scores[i].sort_key())
     kept_positions = {i for i in order[:keep] if scores[i].status in USABLE}
-    ranked = [replace(s, rank=order.index(i), kept=i in kept_positions) for i, s in enumerate(scores)]
-    kept = [results[i] for i in order if i in kept_positions]
+    return [replace(s, rank=order.index(i), kept=i in kept_positions) for i, s in enumerate(scores)]
+
+
+def rank_candidates(results: Sequence[PortraitImage], keep: int) -> tuple[list[PortraitImage], list[CandidateScore]]:
+    """(the `keep` best results, best first; every candidate's score in input order with its rank)."""
+    ranked = rank_scores([candidate_score(r) for r in results], keep)
+    kept = [results[i] for i in sorted(range(len(ranked)), key=lambda i: ranked[i].rank) if ranked[i].kept]
     return kept, ranked
