@@ -66,7 +66,7 @@ class RefineConfig(BaseModel):
         "auto", description="second recogniser for quality.grader: " + describe_choices("grader")
     )
     keep_detail: bool = Field(True, description="keep the photo's fine skin detail on the swapped face")
-    restore: Literal["none", "gfpgan", "codeformer", "gpen", "restoreformer"] = Field(
+    restore: Literal["none", "auto", "gfpgan", "codeformer", "gpen", "restoreformer"] = Field(
         "none", description="face restoration on the aligned crop after the swap: " + describe_choices("restorer")
     )
     restore_weight: float = Field(1.0, ge=0.0, le=1.0, description="share of the restored face in the crop")

@@ -142,3 +142,42 @@ def test_restorer_chosen_per_identity_by_grader(
     assert scores["gpen"] < scores["none"] - 0.05  # the restore hook really ran on the swapped crop
     assert choice.pipeline_for(graded, identity, targets).restorer is None
     assert choice.to_dict()["chosen"] == {"person_a": "none"}
+
+
+def test_restore_auto_chooses_per_identity_inside_the_pipeline(
+    tmp_path: Path, analyzer: DlibFaceAnalyzer, shared_faces_dir: Path, shared_labels: dict[str, str]
+) -> None:
+    """`restore: auto` with a restorer file in the store: the pipeline measures it against no restoration on the
+    first target, keeps the grader's choice for the identity, and says which in the report."""
+    from restore_fixtures import make_gpen
+
+    from portraitforge.models.registry import MOBILEFACENET
+    from portraitforge.models.restorers import RESTORER_KINDS
+    from portraitforge.models.store import ModelStore
+
+    store = ModelStore(root=tmp_path / "models", offline=True)
+    store.import_dir(ModelStore.from_dir().root, [MOBILEFACENET.name])
+    gpen_path = store.root / RESTORER_KINDS["gpen"].spec.filename
+    gpen_path.parent.mkdir(parents=True, exist_ok=True)
+    make_gpen(gpen_path)  # random weights: a restorer that damages faces
+    config = RefineConfig(swap_engine="landmark", analyzer="dlib", grader="mobilefacenet", restore="auto")
+    refiner = RefinePipeline.from_config(config, analyzer=analyzer, model_store=store)
+    if refiner.grader is None:
+        pytest.skip("the MobileFaceNet grader file is not in the model store (portraitforge models setup)")
+    assert refiner.restorer_choice is not None and set(refiner.restorer_choice.candidates) == {"gpen", "none"}
+    people = _by_person(shared_labels)
+    identity = refiner.identity_from_image(load_image(shared_faces_dir / people["person_a"][0]).rgb, "person_a")
+    first, second = (load_image(shared_faces_dir / people[p][0]).rgb for p in ("person_b", "person_d"))
+    result = refiner(first, identity)
+    assert result.report.status in (Status.OK, Status.LOW_QUALITY), result.report.message
+    scores = refiner.restorer_choice.scores["person_a"]
+    assert scores["gpen"] is not None and scores["none"] is not None and scores["gpen"] < scores["none"]
+    assert result.report.parameters["restore"] == "auto"
+    assert result.report.parameters["restore_chosen"] == "none"
+    # Measured once per identity: the next target reuses the choice, no new measurement.
+    again = refiner(second, identity)
+    assert again.report.parameters["restore_chosen"] == "none" and refiner.restorer_choice.scores.keys() == {"person_a"}
+    # Without any restorer file, auto builds no choice at all (restoration stays off).
+    bare = ModelStore(root=tmp_path / "bare", offline=True)
+    bare.import_dir(ModelStore.from_dir().root, [MOBILEFACENET.name])
+    assert RefinePipeline.from_config(config, analyzer=analyzer, model_store=bare).restorer_choice is None

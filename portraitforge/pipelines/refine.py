@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -51,6 +51,9 @@ from portraitforge.types import (
     Status,
 )
 
+if TYPE_CHECKING:  # restore_choice imports this module
+    from portraitforge.pipelines.restore_choice import RestorerChoice
+
 
 @dataclass
 class StageTimer:
@@ -84,9 +87,11 @@ class RefinePipeline:
     grader: IdentityGrader | None = None  # a second recogniser the engine never steers with
     detail: DetailKeeper | None = None  # the photo's own fine skin detail on the swapped face
     restorer: FaceRestorer | None = None  # face restoration on the swapped crop, before blending
+    restorer_choice: RestorerChoice | None = None  # restore: auto, the restorer chosen per identity by the grader
     # Embedded engines: the identity's reference crop (enlarged once by `upscaler`) and its mesh, per identity.
     _reference_cache: dict[tuple[str, str, int], Identity] = field(default_factory=dict, init=False, repr=False)
     _grader_cache: dict[tuple[str, str], FloatArray] = field(default_factory=dict, init=False, repr=False)
+    _with_restorer: dict[str, RefinePipeline] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_config(
@@ -119,6 +124,7 @@ class RefinePipeline:
             grader=stages.grader,
             detail=DetailKeeper() if cfg.keep_detail else None,
             restorer=stages.restorer,
+            restorer_choice=stages.restorer_choice,
         )
 
     def with_config(self, config: RefineConfig) -> RefinePipeline:
@@ -147,6 +153,8 @@ class RefinePipeline:
         reference_embedding: FloatArray | None = None,
     ) -> RefineResult:
         """Refine `target` (RGB uint8). Never raises for bad input: the report carries status and message."""
+        if self.restorer_choice is not None and all_identities(identity):
+            return self._with_chosen_restorer(target, identity, reference_embedding)
         timer = StageTimer()
         report = RefineReport(
             status=Status.OK,
@@ -165,6 +173,30 @@ class RefinePipeline:
             report.status, report.message = Status.OUT_OF_MEMORY, "out of memory while refining"
             return RefineResult(image=None, report=report)
         return RefineResult(image=image, report=report)
+
+    def _with_chosen_restorer(
+        self, target: ImageRGB, identity: IdentityArg, reference_embedding: FloatArray | None
+    ) -> RefineResult:
+        """`restore: auto`: the first identity's restorer, measured once on this target (cached per identity)."""
+        assert self.restorer_choice is not None
+        base = self._restorer_pipeline(None)
+        first = all_identities(identity)[0]
+        try:
+            name = self.restorer_choice.choose(base, first, [target])
+        except PortraitForgeError:  # no face to measure on: the plain refine reports why
+            name = "none"
+        result = self._restorer_pipeline(name)(target, identity, reference_embedding)
+        result.report.parameters = {**result.report.parameters, "restore_chosen": name}
+        return result
+
+    def _restorer_pipeline(self, name: str | None) -> RefinePipeline:
+        """This pipeline with one fixed restorer (None/"none": no restoration), built once and kept with its caches."""
+        key = name or "none"
+        if key not in self._with_restorer:
+            assert self.restorer_choice is not None
+            restorer = self.restorer_choice.candidates.get(key)
+            self._with_restorer[key] = replace(self, restorer=restorer, restorer_choice=None)
+        return self._with_restorer[key]
 
     def _refine(
         self,

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from portraitforge.config import RefineConfig
     from portraitforge.models.onnx_runtime import OnnxSessionPool
     from portraitforge.models.store import ModelStore
+    from portraitforge.pipelines.restore_choice import RestorerChoice
     from portraitforge.refiners.base import Blender, FaceAnalyzer, Swapper, Upscaler
     from portraitforge.refiners.blend import BlendMode
     from portraitforge.refiners.detect import DlibFaceAnalyzer
@@ -419,7 +420,8 @@ def _restorer(name: str) -> RestorerSpec:
     )
 
 
-# Face restorers run on the aligned crop after the swap and before blending.
+# Face restorers run on the aligned crop after the swap and before blending. `auto` is chosen per identity by
+# measurement (`restorer_choice`); statically it builds nothing.
 RESTORERS: Registry[RestorerSpec] = Registry(
     kind="restorer",
     field="restore",
@@ -427,7 +429,28 @@ RESTORERS: Registry[RestorerSpec] = Registry(
         "none": RestorerSpec(name="none", summary="default", build=lambda c, m: None),
         **{name: _restorer(name) for name in ("gfpgan", "codeformer", "gpen", "restoreformer")},
     },
+    auto=lambda config, models: "none",
+    auto_doc="per identity, each restorer whose file is in the store (and none) is tried on the first target, and "
+    "the one whose result the grader finds most like the identity is kept",
 )
+
+
+def restorer_choice(config: RefineConfig, models: ModelStore, grader: IdentityGrader | None) -> RestorerChoice | None:
+    """For `restore: auto`: the restorers whose files are in the store, to be chosen per identity by the grader's
+    measured similarity (None when no restorer file is there, or no grader can measure)."""
+    if config.restore != "auto" or grader is None:
+        return None
+    from portraitforge.pipelines.restore_choice import RestorerChoice
+
+    present = [
+        n
+        for n in RESTORERS.names()
+        if n not in ("none", "auto") and not RESTORERS.get(n).missing_models(config, models)
+    ]
+    if not present:
+        return None
+    candidates = {n: RESTORERS.get(n).from_config(config.model_copy(update={"restore": n}), models) for n in present}
+    return RestorerChoice({**candidates, "none": None})
 
 
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -472,6 +495,7 @@ class Stages:
     blender: Blender
     grader: IdentityGrader | None
     restorer: FaceRestorer | None = None
+    restorer_choice: RestorerChoice | None = None  # restore: auto
 
 
 def model_needs(config: RefineConfig, models: ModelStore, with_analyzer: bool = True) -> list[ModelNeed]:
@@ -512,14 +536,16 @@ def build_stages(
     if analyzer is None:
         analyzer = ANALYZERS.resolve(config, models).from_config(config, models, pool)
     frame = upscaler if config.frame_upscaler == config.upscaler else build_upscaler(config.frame_upscaler)
+    grader = GRADERS.resolve(config, models).from_config(config, models, analyzer)
     return Stages(
         analyzer=analyzer,
         swapper=swapper_spec.from_config(config, models, analyzer, upscaler, pool),
         upscaler=upscaler,
         frame_upscaler=frame,
         blender=BLENDERS.resolve(config, models).from_config(config, models),
-        grader=GRADERS.resolve(config, models).from_config(config, models, analyzer),
+        grader=grader,
         restorer=RESTORERS.resolve(config, models).from_config(config, models),
+        restorer_choice=restorer_choice(config, models, grader),
     )
 
 
