@@ -118,3 +118,15 @@ def astronaut_path(tmp_path: Path, astronaut_rgb: np.ndarray) -> Path:
     from portraitforge.imageio import save_image
 
     return save_image(tmp_path / "astronaut.png", astronaut_rgb)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a busy 2-core box: one intra-op thread avoids OpenMP spin contention (10x here). Modules
+    that run torch use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -8,13 +8,11 @@ runs the tiny model: its NO_FACE candidates are all recorded and ranked, and non
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import pytest
-import torch
 import yaml
 from batch_fixtures import build_tiny_model, generate_spec_data, image_files, write_spec
 
@@ -32,12 +30,8 @@ DRAFTS = ["person_a_2.jpg", "person_b_1.jpg", "person_c_1.jpg", "person_d_1.jpg"
 OPTIONS = RunOptions(progress=False, review=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# Tiny models on a busy 2-core box: one torch thread (conftest `one_torch_thread`).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ second recogniser (MobileFaceNet grading the landmark engine, which dlib steers)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusion_fixtures import save_tiny
 
 from portraitforge.config import RefineConfig
@@ -21,13 +19,8 @@ from portraitforge.refiners.detect import DlibFaceAnalyzer
 from portraitforge.refiners.grade import cosine
 from portraitforge.types import Identity, ImageRGB, Status
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# Tiny models on a busy 2-core box: one torch thread (conftest `one_torch_thread`).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

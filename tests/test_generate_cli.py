@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from diffusion_fixtures import build_tiny_sd, save_tiny, save_tiny_lora
 from PIL import Image
 from typer.testing import CliRunner
@@ -23,12 +21,8 @@ from portraitforge.imageio import read_metadata
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# Tiny models on a busy 2-core box: one torch thread (conftest `one_torch_thread`).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,10 @@ Tiny random models draw noise, so the face part injects real photos as drafts (`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusion_fixtures import save_tiny
 
 from portraitforge.errors import ParameterError
@@ -23,12 +21,8 @@ from portraitforge.types import Identity, Status
 STEPS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# Tiny models on a busy 2-core box: one torch thread (conftest `one_torch_thread`).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
