@@ -12,29 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
+from timing import median_ms
 
 from portraitforge.imageio import load_image
 from portraitforge.models.mediapipe_face import BlazeFaceDetector, Detection, FaceMesh, YuNetDetector
 from portraitforge.samples import insightface_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def resized(image: np.ndarray, side: int) -> np.ndarray:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import skimage.data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from onnx_fixtures import make_inswapper  # noqa: E402
+from timing import median_ms
 
 from portraitforge.models.onnx_runtime import OnnxSessionPool, OnnxSettings  # noqa: E402
 from portraitforge.refiners.align import align_face, native_crop_size, transform_points  # noqa: E402
@@ -41,16 +40,6 @@ from portraitforge.refiners.detect import DlibFaceAnalyzer  # noqa: E402
 from portraitforge.refiners.detect_insightface import ARCFACE_SPACE, norm_crop  # noqa: E402
 from portraitforge.refiners.swap_inswapper import InswapperModel, InswapperSwapper, aligned_mask  # noqa: E402
 from portraitforge.types import Face, Identity  # noqa: E402
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
 
 
 def bench_size(

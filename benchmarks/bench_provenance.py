@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+from timing import median_ms
 
 from portraitforge.imageio import encode_image, load_image
 from portraitforge.provenance.credentials import SignerConfig
@@ -113,15 +114,6 @@ def robustness(photos: list[np.ndarray]) -> None:
         print(f"{name:24s}{cells}   {min(psnrs):.1f} / {statistics.median(psnrs):.1f} dB")
 
 
-def median_ms(fn: Callable[[], Any], repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def overhead(quick: bool) -> None:
     """Watermark + C2PA manifest against a 1024x1024 swap (mesh engine, the default) plus its plain save."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -134,22 +126,24 @@ def overhead(quick: bool) -> None:
     pipe = RefinePipeline.from_config(RefineConfig())
     identity = pipe.identity_from_image(load_image(insightface_image("t1.jpg")).rgb, "t1", source="t1.jpg")
     repeats = 2 if quick else 3
-    swap_ms = median_ms(lambda: pipe(target, identity), repeats)
+    swap_ms = median_ms(lambda: pipe(target, identity), repeats, warmup=False)
     image = pipe(target, identity).image
     assert image is not None
     with tempfile.TemporaryDirectory() as folder:
         files = make_test_signer(Path(folder))
         signer = Signer(SignerConfig(files.chain, files.key))
         metadata = {"parameters": pipe.params()}
-        plain = median_ms(lambda: encode_image(image, "PNG", metadata))
-        marked = median_ms(lambda: stamp_image(image, "PNG", "swap", ProvenanceOptions(), metadata))
-        signed = median_ms(lambda: stamp_image(image, "PNG", "swap", ProvenanceOptions(signer=signer), metadata))
+        plain = median_ms(lambda: encode_image(image, "PNG", metadata), warmup=False)
+        marked = median_ms(lambda: stamp_image(image, "PNG", "swap", ProvenanceOptions(), metadata), warmup=False)
+        signed = median_ms(
+            lambda: stamp_image(image, "PNG", "swap", ProvenanceOptions(signer=signer), metadata), warmup=False
+        )
     total = swap_ms + plain
     print("\n1024x1024 swap (mesh engine) and its PNG save, median ms")
     print(f"swap {swap_ms:.0f}  plain save {plain:.0f}  watermark+save {marked:.0f}  watermark+C2PA+save {signed:.0f}")
     print(f"added by the watermark: {100 * (marked - plain) / total:.1f}%  by watermark + manifest: "
           f"{100 * (signed - plain) / total:.1f}% of swap + save (limit 15%)")  # fmt: skip
-    print(f"decode (inspect) of that output: {median_ms(lambda: decode(image), 3):.0f} ms")
+    print(f"decode (inspect) of that output: {median_ms(lambda: decode(image), 3, warmup=False):.0f} ms")
 
 
 def nsfw_time(paths: list[Path]) -> None:
