@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from provenance_fixtures import SignerFiles, edit_one_pixel_png, make_test_signer
+from shared_data import faces_folder
 
 from portraitforge.imageio import load_image, read_metadata
 from portraitforge.provenance.credentials import SignerConfig, verify
@@ -22,8 +23,6 @@ from portraitforge.provenance.stamp import NO_SIGNER, ProvenanceOptions, Signer,
 from portraitforge.provenance.watermark import WatermarkPayload, decode, embed, psnr
 from portraitforge.samples import insightface_image
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_FACES = REPO.parent / "shared" / "faces"
 MIN_SIDE = 256  # README: the watermark's robustness is promised from 256 px on the short side (like imwatermark)
 
 
@@ -35,7 +34,9 @@ def _wheel_photos() -> list[Path]:
 
 
 def _shared_photos() -> list[Path]:
-    return sorted(SHARED_FACES.glob("*.jpg")) if (SHARED_FACES / "identities.csv").is_file() else []
+    """The labelled photos ($PORTRAITFORGE_FACES, tests/shared_data.py), or none when the folder is absent."""
+    folder = faces_folder().get()
+    return sorted(folder.glob("*.jpg")) if folder is not None else []
 
 
 def _corpus() -> list[Path]:
@@ -104,6 +105,7 @@ def test_watermark_psnr_at_least_40_db(marked_outputs: list) -> None:
 
 
 def test_no_false_detections_on_unwatermarked_photos() -> None:
+    faces_folder().require()  # the figure is over the labelled photos and the wheels' photos together
     photos = _corpus()
     assert len(photos) >= 8
     found = [p.name for p in photos if decode(_rgb(p)) is not None]
@@ -253,6 +255,7 @@ def test_nsfw_gate_flags_no_ordinary_portrait() -> None:
     from portraitforge.provenance.nsfw import NsfwGate
 
     gate = NsfwGate(policy="flag")
+    faces_folder().require()  # the figure is over the labelled photos and the wheels' photos together
     photos = _corpus()
     flagged = [p.name for p in photos if gate.detect(_rgb(p))]
     assert len(photos) >= 8 and flagged == []
