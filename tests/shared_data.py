@@ -9,9 +9,10 @@ Two folders, each from an environment variable with a default beside the checkou
 The rule (tests/conftest.py applies it): a variable that is *set* promises the folder, so a missing folder
 fails the whole session with one message (a CI machine that should have the data must not pass by skipping
 every test that needs it); a variable that is *unset* falls back to the default, and when that is absent
-the tests that need it skip with a reason naming the variable. Every test and benchmark reads the folders
-through `faces_folder()` / `models_folder()`, so a checkout elsewhere (a git worktree, a CI runner) only has
-to set the variables.
+the tests that need it skip with a reason naming the variable. Every test, and the benchmarks bench_pairs,
+bench_identity and bench_swap_order, read the folders through `faces_folder()` / `models_folder()`, so a
+checkout elsewhere (a git worktree, a CI runner) only has to set the variables. (The other benchmarks still
+look at `../shared` directly.)
 """
 
 from __future__ import annotations
