@@ -134,8 +134,11 @@ def screenshot(page: Any, name: str, full_page: bool = True) -> Path:
 
 def status_of(page: Any, element: str) -> tuple[str, str]:
     """(status code, text) of a status line (`#pf-status`, `#pf-id-status`)."""
-    node = page.locator(f"{element} .pf-status")
-    return node.get_attribute("data-status") or "", node.inner_text()
+    # One read of the DOM: two separate reads could pair the old line's code with the new line's text.
+    code, text = page.locator(f"{element} .pf-status").evaluate(
+        "node => [node.getAttribute('data-status') || '', node.innerText]"
+    )
+    return str(code), str(text)
 
 
 def wait_for_status(
